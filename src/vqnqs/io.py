@@ -1,0 +1,59 @@
+"""Atomic file output: a reader never sees a half-written file, and a failed write leaves the old one."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+
+class OutputError(RuntimeError):
+    """An output location that cannot be written (read-only, full, not a directory)."""
+
+
+def ensure_writable_dir(directory: str | os.PathLike) -> Path:
+    """Create ``directory`` if needed and check that files can be created in it, before any work."""
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise OutputError(f"output directory {path}: cannot write there ({err.strerror or err})") from err
+    return path
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds."""
+    target = Path(path)
+    ensure_writable_dir(target.parent if str(target.parent) else ".")
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException as err:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        if isinstance(err, OSError):
+            raise OutputError(f"{target}: write failed ({err.strerror or err})") from err
+        raise
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    with atomic_open(path) as handle:
+        json.dump(data, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+
+
+def atomic_save(path: str | os.PathLike, save: Callable[[IO[bytes]], None]) -> None:
+    """Atomic binary write through a callback, e.g. ``atomic_save(p, lambda f: torch.save(obj, f))``."""
+    with atomic_open(path, "wb") as handle:
+        save(handle)

@@ -1,0 +1,54 @@
+"""Local energies ``E_loc(s) = sum_s' H[s, s'] psi(s') / psi(s)`` through connected elements.
+
+The wave function enters only through ``log_psi``: a callable taking a flat batch of
+configurations ``(K, N)`` and returning ``(K,)`` log-amplitudes (real, or complex once a phase is
+present). Samples are processed in chunks of ``chunk_size`` so that the ``(chunk, M, N)`` block
+of connected configurations bounds the memory at any lattice size; every connected
+configuration of a chunk goes to ``log_psi`` in one call, so an engine that reuses work across
+configurations (the dedup engine) sees the whole chunk at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from vqnqs.physics.hamiltonian import Hamiltonian
+
+LogPsi = Callable[[torch.Tensor], torch.Tensor]
+
+
+def local_energy(
+    hamiltonian: Hamiltonian,
+    log_psi: LogPsi,
+    s: torch.Tensor,
+    chunk_size: int | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """``E_loc`` for each sample ``s: (B, N)`` -> ``(B,)``, without gradients.
+
+    Only valid connections are evaluated; slot 0 of the connected elements is ``s`` itself,
+    so ``log_psi(s)`` comes from the same call as its neighbours.
+    """
+    batch = s.shape[0]
+    chunk_size = batch if chunk_size is None else int(chunk_size)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size = {chunk_size}: expected a positive integer")
+    out = []
+    with torch.no_grad():
+        for start in range(0, batch, chunk_size):
+            conn = hamiltonian.connected(s[start : start + chunk_size], dtype=dtype)
+            chunk, n_conn, n_sites = conn.configs.shape  # (C, M, N)
+            flat_valid = conn.valid.reshape(-1)  # (C*M,)
+            values = log_psi(conn.configs.reshape(-1, n_sites)[flat_valid])  # (K,) valid only
+            # Ratios and sums in `dtype` (float64 by default) whatever precision the network runs in.
+            values = values.to(torch.complex128 if values.is_complex() else dtype)
+            log_psi_conn = torch.full(
+                (chunk * n_conn,), float("-inf"), dtype=values.dtype, device=values.device
+            ).masked_scatter(flat_valid, values)
+            log_psi_conn = log_psi_conn.reshape(chunk, n_conn)  # (C, M)
+            ratio = torch.exp(log_psi_conn - log_psi_conn[:, :1])  # psi(s') / psi(s); 0 where invalid
+            ratio = torch.where(conn.valid, ratio, torch.zeros((), dtype=ratio.dtype, device=ratio.device))
+            out.append((conn.elements.to(ratio.dtype) * ratio).sum(dim=1))
+    return torch.cat(out)

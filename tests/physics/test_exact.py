@@ -1,0 +1,74 @@
+"""Exact references: free fermions and Lanczos against dense ED and known closed forms."""
+
+import numpy as np
+import pytest
+import torch
+
+from vqnqs.physics.basis import codes_to_configs, configs_to_codes
+from vqnqs.physics.exact import (
+    dense_hamiltonian,
+    lanczos_ground_state,
+    tfim_critical_energy,
+    tfim_free_fermion_energy,
+)
+from vqnqs.physics.hamiltonian import build_hamiltonian
+from vqnqs.vmc.local_energy import local_energy
+
+
+@pytest.mark.parametrize("n", [2, 5, 8, 12])
+@pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0])
+def test_free_fermions_match_dense_ed(n, gamma):
+    hamiltonian = build_hamiltonian("tfim", str(n), gamma=gamma)
+    exact = np.linalg.eigvalsh(dense_hamiltonian(hamiltonian))[0]
+    assert tfim_free_fermion_energy(n, gamma) == pytest.approx(exact, abs=1e-10)
+
+
+def test_free_fermions_with_coupling():
+    hamiltonian = build_hamiltonian("tfim", "9", gamma=0.7, coupling=1.9)
+    exact = np.linalg.eigvalsh(dense_hamiltonian(hamiltonian))[0]
+    assert tfim_free_fermion_energy(9, 0.7, 1.9) == pytest.approx(exact, abs=1e-10)
+
+
+@pytest.mark.parametrize("n, energy", [(32, -40.3843131612), (384, -488.5609453922)])
+def test_critical_chain_closed_form(n, energy):
+    assert tfim_critical_energy(n) == pytest.approx(energy, abs=1e-9)
+    assert tfim_free_fermion_energy(n) == pytest.approx(energy, abs=1e-9)
+
+
+def test_heisenberg_4x4_open():
+    ground = lanczos_ground_state(build_hamiltonian("heisenberg", "4x4"))
+    assert ground.energy == pytest.approx(-9.189207065, abs=1e-8)
+    assert ground.energy / 16 == pytest.approx(-0.5743254416, abs=1e-9)
+    assert ground.n_down == 8 and len(ground.codes) == 12870
+
+
+@pytest.mark.parametrize(
+    "system, size, boundary, kwargs",
+    [("heisenberg", "3x3", "periodic", {}), ("heisenberg", "2x5", "open", {}), ("tfim", "10", "periodic", {})],
+)
+def test_lanczos_matches_dense(system, size, boundary, kwargs):
+    hamiltonian = build_hamiltonian(system, size, boundary, **kwargs)
+    exact = np.linalg.eigvalsh(dense_hamiltonian(hamiltonian))[0]
+    assert lanczos_ground_state(hamiltonian).energy == pytest.approx(exact, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "system, size, boundary",
+    [("heisenberg", "3x4", "open"), ("heisenberg", "10", "periodic"), ("tfim", "10", "open"), ("tfim", "8", "periodic")],
+)
+def test_zero_variance_of_exact_ground_state(system, size, boundary):
+    """E_loc(s) = E0 for every s with nonzero amplitude, through the connected-element API."""
+    hamiltonian = build_hamiltonian(system, size, boundary)
+    ground = lanczos_ground_state(hamiltonian)
+    n = hamiltonian.n_sites
+    amplitude = dict(zip(ground.codes.tolist(), ground.vector.tolist(), strict=True))
+
+    def log_psi(s: torch.Tensor) -> torch.Tensor:
+        values = torch.tensor([amplitude.get(c, 0.0) for c in configs_to_codes(s).tolist()], dtype=torch.float64)
+        return torch.log(values.to(torch.complex128))  # complex: handles negative amplitudes
+
+    support = np.abs(ground.vector) > 1e-8
+    samples = codes_to_configs(torch.from_numpy(ground.codes[support]), n)
+    e_loc = local_energy(hamiltonian, log_psi, samples, chunk_size=97)
+    np.testing.assert_allclose(e_loc.real.numpy(), ground.energy, atol=1e-7 * abs(ground.energy))
+    np.testing.assert_allclose(e_loc.imag.numpy(), 0.0, atol=1e-7)

@@ -1,0 +1,99 @@
+"""`vqnqs reference`: numbers, the JSON contract, and what bad input gets."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vqnqs.cli import main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]  # params.yaml and data/reference/literature.csv live here
+CONTRACT_KEYS = {"system", "size", "boundary", "n_sites", "energy", "energy_per_site", "method", "source", "uncertainty"}
+
+
+def run_reference(tmp_path, *args):
+    out = tmp_path / "ref.json"
+    code = main(["reference", *args, "--out", str(out)])
+    return code, out
+
+
+@pytest.mark.parametrize(
+    "args, method, per_site, tol",
+    [
+        (["--system", "tfim", "--size", "32"], "free_fermions", -40.3843131612 / 32, 1e-11),
+        (["--system", "tfim", "--size", "384"], "free_fermions", -488.5609453922 / 384, 1e-11),
+        (["--system", "heisenberg", "--size", "4x4"], "lanczos", -0.5743254416, 1e-9),
+        (["--system", "heisenberg", "--size", "6x6"], "literature", -0.603522, 0),
+        (["--system", "heisenberg", "--size", "10x10"], "literature", -0.628667, 0),
+        (["--system", "heisenberg", "--size", "10x10", "--literature-key", "lubasch2014"], "literature", -0.628656, 0),
+        (["--system", "heisenberg", "--size", "16x16"], "literature", -0.6435312, 0),
+    ],
+)
+def test_reference_values(tmp_path, args, method, per_site, tol):
+    code, out = run_reference(tmp_path, *args)
+    assert code == 0
+    record = json.loads(out.read_text())
+    assert CONTRACT_KEYS <= set(record)
+    assert record["method"] == method
+    assert record["energy_per_site"] == pytest.approx(per_site, abs=tol)
+    assert record["energy"] == pytest.approx(record["energy_per_site"] * record["n_sites"])
+
+
+def test_reference_from_params_run(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "systems:\n  chain: {system: tfim, size: '12', gamma: 0.5}\n"
+        "reference: {literature_key: paper}\n"
+    )
+    code, out = run_reference(tmp_path, "--params", str(params), "--run", "chain")
+    assert code == 0
+    record = json.loads(out.read_text())
+    assert record["hamiltonian"]["gamma"] == 0.5 and record["n_sites"] == 12
+
+
+@pytest.mark.parametrize(
+    "args, names",
+    [
+        (["--system", "ising", "--size", "8"], "--system"),
+        (["--system", "tfim", "--size", "0"], "--size"),
+        (["--system", "tfim", "--size", "3x"], "--size"),
+        (["--system", "tfim", "--size", "-4"], "--size"),
+        (["--system", "tfim", "--size", "8", "--gamma", "nan"], "--gamma"),
+        (["--system", "heisenberg", "--size", "3x3", "--boundary", "periodic", "--sign-rule"], "sign_rule"),
+        (["--system", "heisenberg", "--size", "6x6", "--method", "lanczos"], "size 6x6"),
+        (["--system", "heisenberg", "--size", "8x8", "--literature-key", "nope"], "literature_key"),
+        (["--system", "heisenberg", "--size", "4x4", "--gamma", "2"], "--gamma"),
+        (["--size", "8"], "--system"),
+        (["--run", "missing"], "systems.missing"),
+    ],
+)
+def test_bad_input_one_line_no_output(tmp_path, args, names):
+    out = tmp_path / "ref.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "vqnqs", "reference", *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert names in lines[0]
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output_directory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code = main(["reference", "--system", "tfim", "--size", "8", "--out", str(blocker / "ref.json")])
+    assert code == 2
+
+
+def test_help_lists_stages(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "reference" in capsys.readouterr().out

@@ -1,0 +1,14 @@
+rule reference:
+    """Exact (free fermions, Lanczos) or literature ground-state energy of one run."""
+    input:
+        literature="data/reference/literature.csv",
+        code=sources("physics"),
+    output:
+        "data/reference/{run}.json",
+    params:
+        settings=lambda wildcards: config["systems"][wildcards.run],
+        reference=config["reference"],
+    log:
+        "logs/reference/{run}.log",
+    shell:
+        "vqnqs reference --params {PARAMS} --run {wildcards.run} --out {output} > {log} 2>&1"
