@@ -1,0 +1,328 @@
+"""Autoregressive transformer wave function over patch tokens (the VQ-NQS backbone).
+
+``P(s) = prod_i P(t_i | t_<i)`` over the patch tokens ``t`` of ``s`` (see ``patches.py``), so ``P`` is
+normalised by construction and sampled exactly; ``log psi(s) = log P(s) / 2``.
+
+Network (pre-LayerNorm, nanoGPT-like)::
+
+    input position i holds t_{i-1}, position 0 holds BOS   -> token + position embedding
+    n_blocks x Block:          x = x + W_O(quantizer(attend(qkv(ln(x)))));  x = x + ff(ln(x))
+    one attention-only block:  x = x + W_O(attend(qkv(ln(x))))              (its quantizer stays Identity)
+    final LayerNorm -> head Linear(d, vocab) -> Sz mask -> log_softmax
+
+The pieces are separately callable for engines that reorganise the forward pass (the dedup engine):
+
+- per location, acting on ``(..., d)`` rows independently: ``model.embed`` (token + position),
+  ``block.ln_attn``, ``block.attn.qkv`` (Q/K/V projection), ``block.attn.quantizer`` (VQ slot),
+  ``block.attn.out_proj`` (W_O), ``block.ln_ff``, ``block.ff``, ``model.ln_f``, ``model.head``;
+- per sequence: ``block.attn.attend(q, k, v)`` (causal mixing) and
+  ``model.masked_log_softmax(logits, n_down_before, start)`` (Sz mask + normalisation).
+
+``model.blocks`` holds the full blocks (the ones that take a quantiser), ``model.final_block`` the half-block.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from vqnqs.models.patches import Patching, validate_patching
+
+KVCache = tuple[Tensor, Tensor]  # keys, values of the positions seen so far: (B, T_past, d) each
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    # (N,) for a chain, (L, W) for a square lattice; sites are numbered row-major.
+    lattice_shape: tuple[int, ...]
+    # Spins per token: 1D K consecutive spins, 2D p meaning p x p blocks. Vocabulary = 2^(spins per token).
+    patch: int
+    # Residual-stream width d.
+    d_model: int = 32
+    # Attention heads; each works on d_model / n_heads channels (and later owns one VQ codebook).
+    n_heads: int = 4
+    # Full blocks (attention + feed-forward); ONE attention-only half-block always follows them.
+    n_blocks: int = 2
+    # Feed-forward hidden width; None means 4 * d_model (resolved at construction, so it is an int after).
+    d_ff: int | None = None
+    # Sz sector: the exact total number of down spins, enforced by masking the conditionals; None = no mask.
+    n_down: int | None = None
+
+    def __post_init__(self) -> None:
+        # Frozen, so normalise through object.__setattr__ (lists from YAML become tuples, d_ff gets its default).
+        object.__setattr__(self, "lattice_shape", tuple(int(d) for d in self.lattice_shape))
+        if self.d_ff is None:
+            object.__setattr__(self, "d_ff", 4 * self.d_model)
+        validate_patching(self.lattice_shape, self.patch)
+        if self.d_model < 1:
+            raise ValueError(f"d_model {self.d_model}: must be a positive integer")
+        if self.n_heads < 1 or self.d_model % self.n_heads:
+            raise ValueError(f"n_heads {self.n_heads}: must be positive and divide d_model={self.d_model}")
+        if self.n_blocks < 0:
+            raise ValueError(f"n_blocks {self.n_blocks}: must be >= 0")
+        if self.d_ff < 1:
+            raise ValueError(f"d_ff {self.d_ff}: must be a positive integer")
+        if self.n_down is not None and not 0 <= self.n_down <= self.n_sites:
+            raise ValueError(f"n_down {self.n_down}: must lie in [0, {self.n_sites}] (number of sites)")
+
+    @property
+    def n_sites(self) -> int:
+        return math.prod(self.lattice_shape)
+
+    @classmethod
+    def paper(cls, lattice_shape: tuple[int, ...], n_down: int | None = None) -> TransformerConfig:
+        """The paper's shape: 3 full blocks + the attention-only half-block, d = 256, 8 heads, 2x2 patches.
+
+        A chain gets K = 4 spins per token (our choice: the same 16-token vocabulary as a 2x2 patch).
+        """
+        patch = 2 if len(tuple(lattice_shape)) == 2 else 4
+        return cls(lattice_shape, patch, d_model=256, n_heads=8, n_blocks=3, n_down=n_down)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with explicit matmuls (so CPU FLOP counters see them).
+
+    forward = out_proj(quantizer(attend(*qkv(x)))): the per-head mixed output passes through the
+    ``quantizer`` slot (``nn.Identity`` here; the VQ-NQS variant puts its vector quantiser there)
+    before ``W_O`` and the residual add of the enclosing block.
+    """
+
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv_proj = nn.Linear(d_model, 3 * d_model)
+        self.quantizer: nn.Module = nn.Identity()
+        self.out_proj = nn.Linear(d_model, d_model)  # W_O
+
+    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-location projection ``(..., d) -> q, k, v`` each ``(..., d)`` (heads are split in attend)."""
+        q, k, v = self.qkv_proj(x).chunk(3, dim=-1)
+        return q, k, v
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Causal mixing: ``q (B, Tq, d)`` are the LAST Tq of the ``Tk`` positions of ``k, v (B, Tk, d)``.
+
+        Returns the per-head outputs concatenated, ``(B, Tq, d)``, before any quantiser or ``W_O``.
+        """
+        q, k, v = (rearrange(x, "b t (h e) -> b h t e", h=self.n_heads) for x in (q, k, v))
+        t_q, t_k = q.shape[-2], k.shape[-2]
+        scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, Tq, Tk)
+        # Query j sits at absolute position t_k - t_q + j and may look at keys up to and including it;
+        # every row keeps its own position, so the -inf fill never leaves a row without a finite score.
+        q_pos = torch.arange(t_k - t_q, t_k, device=q.device)
+        future = torch.arange(t_k, device=q.device)[None, :] > q_pos[:, None]  # (Tq, Tk)
+        weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+        return rearrange(weights @ v, "b h t e -> b t (h e)")
+
+    def forward(self, x: Tensor, cache: KVCache | None = None) -> tuple[Tensor, KVCache]:
+        """``x (B, T, d)`` (already LayerNormed) -> ``(B, T, d)`` to add to the residual, and the updated cache.
+
+        With a cache, ``x`` holds only the new positions and attends to the cached ones as well.
+        """
+        q, k, v = self.qkv(x)
+        if cache is not None:
+            k = torch.cat([cache[0], k], dim=1)
+            v = torch.cat([cache[1], v], dim=1)
+        mixed = self.attend(q, k, v)
+        return self.out_proj(self.quantizer(mixed)), (k, v)
+
+
+class FeedForward(nn.Module):
+    """Per-location MLP ``(..., d) -> (..., d_ff) -> (..., d)``."""
+
+    def __init__(self, d_model: int, d_ff: int) -> None:
+        super().__init__()
+        self.fc_in = nn.Linear(d_model, d_ff)
+        self.fc_out = nn.Linear(d_ff, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc_out(F.gelu(self.fc_in(x)))
+
+
+class Block(nn.Module):
+    """Pre-LN block: ``x + attn(ln(x))`` then, for a full block, ``x + ff(ln(x))``."""
+
+    def __init__(self, config: TransformerConfig, feed_forward: bool = True) -> None:
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(config.d_model)
+        self.attn = CausalSelfAttention(config.d_model, config.n_heads)
+        # The attention-only half-block has neither (None rather than Identity: no parameters, no FLOPs).
+        self.ln_ff: nn.LayerNorm | None = nn.LayerNorm(config.d_model) if feed_forward else None
+        self.ff: FeedForward | None = FeedForward(config.d_model, config.d_ff) if feed_forward else None
+
+    def forward(self, x: Tensor, cache: KVCache | None = None) -> tuple[Tensor, KVCache]:
+        attended, cache = self.attn(self.ln_attn(x), cache)
+        x = x + attended
+        if self.ff is not None and self.ln_ff is not None:
+            x = x + self.ff(self.ln_ff(x))
+        return x, cache
+
+
+def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """Draw one value per row of ``probs (B, V)`` (float64, rows need not sum to 1) with uniforms ``u (B,)``.
+
+    Picks the first value whose CDF exceeds ``u * total``: a zero-probability value never raises the CDF,
+    so it is never picked. ``u * total`` may round up to ``total`` (then every CDF entry is <= it); that
+    case falls back to the last value of nonzero probability.
+    """
+    cdf = probs.cumsum(dim=-1)
+    index = (cdf <= (u * cdf[:, -1])[:, None]).sum(dim=-1)
+    values = torch.arange(probs.shape[-1], device=probs.device)
+    last_possible = torch.where(probs > 0, values, 0).amax(dim=-1)
+    return torch.minimum(index, last_possible)
+
+
+class AutoregressiveTransformer(nn.Module):
+    """Normalised autoregressive wave function ``psi(s) = sqrt(P(s))`` over patch tokens.
+
+    Device and dtype follow the parameters (``.to(device)``, ``.double()``); every buffer is an
+    integer table, so ``.double()`` leaves nothing in float32.
+    """
+
+    spins_after: Tensor  # (T,) number of spins in the patches after patch i
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.patching = Patching(config.lattice_shape, config.patch)
+        n_tokens, vocab, d = self.patching.n_tokens, self.patching.vocab_size, config.d_model
+        self.bos = vocab  # the extra embedding row that starts every sequence
+        self.tok_emb = nn.Embedding(vocab + 1, d)
+        self.pos_emb = nn.Embedding(n_tokens, d)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_blocks))
+        self.final_block = Block(config, feed_forward=False)
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab)
+        spins_after = self.patching.spins_per_token * torch.arange(n_tokens - 1, -1, -1)
+        self.register_buffer("spins_after", spins_after, persistent=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """GPT-2 init: N(0, 0.02) weights, zero biases, residual projections scaled by the number of residual
+        adds. The head is scaled by 1/sqrt(d) so initial logits are ~0.02: close to uniform over the allowed
+        values, yet not exactly uniform (an exactly constant log psi would hide bugs in engines compared to it).
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+        n_residual_adds = 2 * self.config.n_blocks + 1
+        for block in [*self.blocks, self.final_block]:
+            nn.init.normal_(block.attn.out_proj.weight, std=0.02 / math.sqrt(n_residual_adds))
+            if block.ff is not None:
+                nn.init.normal_(block.ff.fc_out.weight, std=0.02 / math.sqrt(n_residual_adds))
+        nn.init.normal_(self.head.weight, std=0.02 / math.sqrt(self.config.d_model))
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    @property
+    def n_sites(self) -> int:
+        return self.patching.n_sites
+
+    def shift_right(self, tokens: Tensor) -> Tensor:
+        """Teacher-forcing inputs ``(B, T)``: position i holds ``t_{i-1}``, position 0 holds BOS."""
+        bos = torch.full_like(tokens[:, :1], self.bos)
+        return torch.cat([bos, tokens[:, :-1]], dim=1)
+
+    def n_down_before(self, tokens: Tensor) -> Tensor:
+        """``(B, T)`` tokens -> ``(B, T)`` number of down spins in the patches before each one."""
+        down = self.patching.popcount[tokens]
+        return down.cumsum(dim=1) - down
+
+    def embed(self, inputs: Tensor, start: int = 0) -> Tensor:
+        """Per location: ``(B, T')`` input tokens at positions ``start .. start+T'-1`` -> ``(B, T', d)``."""
+        positions = torch.arange(start, start + inputs.shape[1], device=inputs.device)
+        return self.tok_emb(inputs) + self.pos_emb(positions)
+
+    def forward(self, inputs: Tensor, cache: list[KVCache] | None = None) -> tuple[Tensor, list[KVCache]]:
+        """Unmasked logits ``(B, T', vocab)`` for input tokens ``(B, T')``, and the per-block KV cache.
+
+        Without a cache the inputs start at position 0; with one (from a previous call) they continue
+        right after the cached positions.
+        """
+        start = 0 if cache is None else cache[0][0].shape[1]
+        x = self.embed(inputs, start)
+        new_cache = []
+        for i, block in enumerate([*self.blocks, self.final_block]):
+            x, block_cache = block(x, None if cache is None else cache[i])
+            new_cache.append(block_cache)
+        return self.head(self.ln_f(x)), new_cache
+
+    def masked_log_softmax(self, logits: Tensor, n_down_before: Tensor, start: int = 0) -> Tensor:
+        """Normalised conditionals ``(B, T', vocab)`` from logits of patches ``start .. start+T'-1``.
+
+        With ``n_down`` set, value v of patch i (c down spins before it, R spins after it) is allowed iff
+        ``c + pop(v) <= n_down <= c + pop(v) + R``; the others get logit -inf before the log_softmax, so
+        the conditionals stay exactly normalised over the allowed values.
+        """
+        n_down = self.config.n_down
+        if n_down is None:
+            return logits.log_softmax(dim=-1)
+        after = self.spins_after[start : start + logits.shape[1]]  # (T',)
+        down = n_down_before[..., None] + self.patching.popcount  # (B, T', vocab) down spins through patch i
+        allowed = (down <= n_down) & (down + after[:, None] >= n_down)
+        # A prefix already outside the sector leaves no allowed value. Such a row is unreachable: give it
+        # -inf everywhere, instead of the NaN an all -inf log_softmax would give.
+        reachable = allowed.any(dim=-1, keepdim=True)
+        masked = logits.masked_fill(~allowed, float("-inf")).masked_fill(~reachable, 0.0)
+        return masked.log_softmax(dim=-1).masked_fill(~reachable, float("-inf"))
+
+    def conditional_log_probs(self, s: Tensor) -> Tensor:
+        """``s (B, N)`` -> ``log P(t_i = v | t_<i)`` as ``(B, T, vocab)``, masked and normalised."""
+        tokens = self.patching.to_tokens(s.to(self.device))
+        logits, _ = self(self.shift_right(tokens))
+        return self.masked_log_softmax(logits, self.n_down_before(tokens))
+
+    def log_prob(self, s: Tensor) -> Tensor:
+        """``s (B, N)`` -> ``log P(s) (B,)``; -inf outside the Sz sector when ``n_down`` is set."""
+        tokens = self.patching.to_tokens(s.to(self.device))
+        logits, _ = self(self.shift_right(tokens))
+        log_probs = self.masked_log_softmax(logits, self.n_down_before(tokens))  # (B, T, vocab)
+        return log_probs.gather(-1, tokens[..., None]).squeeze(-1).sum(dim=-1)
+
+    def log_psi(self, s: Tensor) -> Tensor:
+        """``s (B, N)`` -> real ``log psi(s) = log P(s) / 2`` as ``(B,)``."""
+        # psi(s) = sqrt(P(s)) exp(i phi(s)). phi = 0 for the stoquastic models here (TFIM; Heisenberg with
+        # Marshall's sign), so log psi is real. A phase network would add 1j * phi(s) here (complex output).
+        return 0.5 * self.log_prob(s)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, use_cache: bool = True) -> Tensor:
+        """Exact ancestral sampling: ``n`` independent configurations ``(n, N)`` int64.
+
+        ``generator`` must live on the model's device. Each patch step draws ``torch.rand(n)`` in float64
+        from it and inverts the CDF of that step's conditional, so the cached path (one new position per
+        step, about one forward pass in total) and the uncached path (the whole prefix re-run each step)
+        consume the same random stream and give the same samples.
+        """
+        n_tokens, device = self.patching.n_tokens, self.device
+        tokens = torch.zeros((n, n_tokens), dtype=torch.long, device=device)
+        inputs = torch.full((n, n_tokens), self.bos, dtype=torch.long, device=device)  # shifted tokens
+        n_down = torch.zeros((n, 1), dtype=torch.long, device=device)
+        cache: list[KVCache] | None = None
+        for i in range(n_tokens):
+            if use_cache:
+                logits, cache = self(inputs[:, i : i + 1], cache)
+            else:
+                logits, _ = self(inputs[:, : i + 1])
+            log_probs = self.masked_log_softmax(logits[:, -1:], n_down, start=i)[:, 0]  # (n, vocab)
+            u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+            drawn = _inverse_cdf(log_probs.double().exp(), u)  # (n,)
+            tokens[:, i] = drawn
+            n_down += self.patching.popcount[drawn][:, None]
+            if i + 1 < n_tokens:
+                inputs[:, i + 1] = drawn
+        return self.patching.from_tokens(tokens)
