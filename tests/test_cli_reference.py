@@ -10,7 +10,17 @@ import pytest
 from vqnqs.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # params.yaml and data/reference/literature.csv live here
-CONTRACT_KEYS = {"system", "size", "boundary", "n_sites", "energy", "energy_per_site", "method", "source", "uncertainty"}
+CONTRACT_KEYS = {
+    "system",
+    "size",
+    "boundary",
+    "n_sites",
+    "energy",
+    "energy_per_site",
+    "method",
+    "source",
+    "uncertainty",
+}
 
 
 def run_reference(tmp_path, *args):
@@ -43,10 +53,7 @@ def test_reference_values(tmp_path, args, method, per_site, tol):
 
 def test_reference_from_params_run(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text(
-        "systems:\n  chain: {system: tfim, size: '12', gamma: 0.5}\n"
-        "reference: {literature_key: paper}\n"
-    )
+    params.write_text("systems:\n  chain: {system: tfim, size: '12', gamma: 0.5}\nreference: {literature_key: paper}\n")
     code, out = run_reference(tmp_path, "--params", str(params), "--run", "chain")
     assert code == 0
     record = json.loads(out.read_text())

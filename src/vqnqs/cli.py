@@ -143,7 +143,10 @@ def add_reference(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument(
-        "--literature", type=Path, default=DEFAULT_LITERATURE_PATH, help=f"literature table (default: {DEFAULT_LITERATURE_PATH})"
+        "--literature",
+        type=Path,
+        default=DEFAULT_LITERATURE_PATH,
+        help=f"literature table (default: {DEFAULT_LITERATURE_PATH})",
     )
     parser.add_argument("--out", required=True, type=output_file, help="output JSON file")
     parser.set_defaults(handler=run_reference)

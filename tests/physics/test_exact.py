@@ -54,7 +54,12 @@ def test_lanczos_matches_dense(system, size, boundary, kwargs):
 
 @pytest.mark.parametrize(
     "system, size, boundary",
-    [("heisenberg", "3x4", "open"), ("heisenberg", "10", "periodic"), ("tfim", "10", "open"), ("tfim", "8", "periodic")],
+    [
+        ("heisenberg", "3x4", "open"),
+        ("heisenberg", "10", "periodic"),
+        ("tfim", "10", "open"),
+        ("tfim", "8", "periodic"),
+    ],
 )
 def test_zero_variance_of_exact_ground_state(system, size, boundary):
     """E_loc(s) = E0 for every s with nonzero amplitude, through the connected-element API."""

@@ -44,8 +44,14 @@ def test_square_bonds_are_nearest_neighbours_row_major():
 
 @pytest.mark.parametrize(
     "size, boundary, bipartite",
-    [("5", "open", True), ("5", "periodic", False), ("6", "periodic", True), ("3x3", "open", True),
-     ("3x3", "periodic", False), ("4x6", "periodic", True)],
+    [
+        ("5", "open", True),
+        ("5", "periodic", False),
+        ("6", "periodic", True),
+        ("3x3", "open", True),
+        ("3x3", "periodic", False),
+        ("4x6", "periodic", True),
+    ],
 )
 def test_bipartite(size, boundary, bipartite):
     assert Lattice.from_size(size, boundary).is_bipartite is bipartite

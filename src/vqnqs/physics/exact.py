@@ -183,9 +183,7 @@ def dense_hamiltonian(hamiltonian: Hamiltonian) -> np.ndarray:
         return np.real(np.asarray(matrix, dtype=complex))
     if isinstance(hamiltonian, Heisenberg):
         # S_i . S_j = (X X + Y Y + Z Z) / 4
-        matrix = sum(
-            0.25 * hamiltonian.coupling * sum(pauli_string(n, {i: p, j: p}) for p in "XYZ") for i, j in bonds
-        )
+        matrix = sum(0.25 * hamiltonian.coupling * sum(pauli_string(n, {i: p, j: p}) for p in "XYZ") for i, j in bonds)
         matrix = np.real(np.asarray(matrix, dtype=complex))
         if hamiltonian.sign_rule:
             # Marshall rotation U = prod_{i in sublattice 1} Z_i, diagonal with entries +-1.

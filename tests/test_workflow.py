@@ -1,0 +1,71 @@
+"""The two DAG front-ends (workflow/Snakefile and dvc.yaml) declare the same stages.
+
+For every Snakemake job (one per rule and wildcard value) there must be one DVC stage with the same
+command, the same outputs and the same inputs (DVC's directory dependencies expand to the Python
+files Snakemake lists), and no stage may exist in one DAG only.
+"""
+
+import csv
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def snakemake_jobs(root: Path) -> dict[str, dict]:
+    """Shell command (without the log redirection) -> {outputs, inputs} from Snakemake's own summary."""
+    snakemake = Path(sys.executable).parent / "snakemake"  # installed beside this interpreter
+    result = subprocess.run(
+        [str(snakemake), "--detailed-summary", "--cores", "1"], cwd=root, capture_output=True, text=True, check=True
+    )
+    jobs: dict[str, dict] = {}
+    for row in csv.DictReader(io.StringIO(result.stdout), delimiter="\t"):
+        if not row["shellcmd"] or row["shellcmd"] == "-":
+            continue
+        command = row["shellcmd"].split(" > ")[0].strip()
+        job = jobs.setdefault(command, {"rule": row["rule"], "outputs": set(), "inputs": set()})
+        job["outputs"].add(row["output_file"])
+        job["inputs"].update(p for p in row["input-file(s)"].split(",") if p and p != "-")
+    return jobs
+
+
+def dvc_stages(root: Path) -> dict[str, dict]:
+    """Command -> {outputs, inputs} of every stage of dvc.yaml (foreach expanded by DVC itself)."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    stages: dict[str, dict] = {}
+    with Repo(str(root)) as repo:
+        for stage in repo.index.stages:
+            inputs = set()
+            for dep in stage.deps:
+                if isinstance(dep, ParamsDependency):  # Snakemake tracks params through `params:`
+                    continue
+                path = root / dep.def_path
+                if path.is_dir():
+                    inputs.update(str(p.relative_to(root)) for p in sorted(path.glob("*.py")))
+                else:
+                    inputs.add(dep.def_path)
+            stages[stage.cmd.strip()] = {
+                "name": stage.addressing,
+                "outputs": {out.def_path for out in stage.outs},
+                "inputs": inputs,
+            }
+    return stages
+
+
+@pytest.mark.slow
+def test_snakemake_and_dvc_declare_the_same_dag():
+    jobs = snakemake_jobs(REPO_ROOT)
+    stages = dvc_stages(REPO_ROOT)
+    assert jobs, "Snakemake found no jobs"
+    assert set(jobs) == set(stages), "commands differ between workflow/Snakefile and dvc.yaml"
+    for command, job in jobs.items():
+        stage = stages[command]
+        assert stage["name"].split("@")[0] == job["rule"], command
+        assert stage["outputs"] == job["outputs"], command
+        assert stage["inputs"] == job["inputs"], command
