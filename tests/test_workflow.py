@@ -5,8 +5,6 @@ command, the same outputs and the same inputs (DVC's directory dependencies expa
 files Snakemake lists), and no stage may exist in one DAG only.
 """
 
-import csv
-import io
 import subprocess
 import sys
 from pathlib import Path
@@ -17,19 +15,26 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def snakemake_jobs(root: Path) -> dict[str, dict]:
-    """Shell command (without the log redirection) -> {outputs, inputs} from Snakemake's own summary."""
+    """Shell command (without the log redirection) -> {rule, outputs, inputs}, from a forced dry run."""
     snakemake = Path(sys.executable).parent / "snakemake"  # installed beside this interpreter
     result = subprocess.run(
-        [str(snakemake), "--detailed-summary", "--cores", "1"], cwd=root, capture_output=True, text=True, check=True
+        [str(snakemake), "--dry-run", "--forceall", "--printshellcmds", "--cores", "1"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     jobs: dict[str, dict] = {}
-    for row in csv.DictReader(io.StringIO(result.stdout), delimiter="\t"):
-        if not row["shellcmd"] or row["shellcmd"] == "-":
-            continue
-        command = row["shellcmd"].split(" > ")[0].strip()
-        job = jobs.setdefault(command, {"rule": row["rule"], "outputs": set(), "inputs": set()})
-        job["outputs"].add(row["output_file"])
-        job["inputs"].update(p for p in row["input-file(s)"].split(",") if p and p != "-")
+    job: dict = {}
+    for line in result.stdout.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            job = {"rule": line.split()[1].rstrip(":"), "outputs": set(), "inputs": set()}
+        elif line.startswith("    input: "):
+            job["inputs"] = set(line.removeprefix("    input: ").split(", "))
+        elif line.startswith("    output: "):
+            job["outputs"] = set(line.removeprefix("    output: ").split(", "))
+        elif line.startswith("Shell command: ") and line != "Shell command: None":  # `rule all` has none
+            jobs[line.removeprefix("Shell command: ").split(" > ")[0].strip()] = job
     return jobs
 
 
