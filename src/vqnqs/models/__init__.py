@@ -9,6 +9,14 @@ from vqnqs.models.transformer import (
     KVCache,
     TransformerConfig,
 )
+from vqnqs.models.vq import (
+    VectorQuantizer,
+    VQConfig,
+    VQTransformer,
+    from_teacher,
+    make_vq_model,
+    vq_shape_from_bits,
+)
 
 __all__ = [
     "AutoregressiveTransformer",
@@ -19,4 +27,10 @@ __all__ = [
     "Patching",
     "TransformerConfig",
     "validate_patching",
+    "VectorQuantizer",
+    "VQConfig",
+    "VQTransformer",
+    "from_teacher",
+    "make_vq_model",
+    "vq_shape_from_bits",
 ]

@@ -6,6 +6,11 @@ present). Samples are processed in chunks of ``chunk_size`` so that the ``(chunk
 of connected configurations bounds the memory at any lattice size; every connected
 configuration of a chunk goes to ``log_psi`` in one call, so an engine that reuses work across
 configurations (the dedup engine) sees the whole chunk at once.
+
+``log_psi`` may also be the model itself (an :class:`AutoregressiveTransformer`, baseline or VQ): then
+``model.log_psi`` is used, or with ``dedup=True`` the dedup engine's ``log psi`` of that model
+(:func:`vqnqs.dedup.dedup_log_psi`) on each chunk's whole set of valid connected configurations.
+Same result either way (up to floating-point reassociation); nothing else changes for the caller.
 """
 
 from __future__ import annotations
@@ -14,23 +19,45 @@ from collections.abc import Callable
 
 import torch
 
+from vqnqs.models.transformer import AutoregressiveTransformer
 from vqnqs.physics.hamiltonian import Hamiltonian
 
 LogPsi = Callable[[torch.Tensor], torch.Tensor]
 
 
+def _resolve_log_psi(log_psi: LogPsi | AutoregressiveTransformer, dedup: bool) -> LogPsi:
+    """The callable to evaluate: a model's dense or dedup ``log psi``, or the given callable."""
+    if isinstance(log_psi, AutoregressiveTransformer):
+        if dedup:
+            from vqnqs.dedup import dedup_log_psi  # local: the engine imports the models, not vmc
+
+            model = log_psi
+            return lambda configs: dedup_log_psi(model, configs)
+        return log_psi.log_psi
+    if dedup:
+        raise TypeError(
+            f"dedup=True needs the model itself (an AutoregressiveTransformer), not {type(log_psi).__name__}: "
+            "call local_energy(hamiltonian, model, s, dedup=True)"
+        )
+    return log_psi
+
+
 def local_energy(
     hamiltonian: Hamiltonian,
-    log_psi: LogPsi,
+    log_psi: LogPsi | AutoregressiveTransformer,
     s: torch.Tensor,
     chunk_size: int | None = None,
     dtype: torch.dtype = torch.float64,
+    dedup: bool = False,
 ) -> torch.Tensor:
     """``E_loc`` for each sample ``s: (B, N)`` -> ``(B,)``, without gradients.
 
     Only valid connections are evaluated; slot 0 of the connected elements is ``s`` itself,
-    so ``log_psi(s)`` comes from the same call as its neighbours.
+    so ``log_psi(s)`` comes from the same call as its neighbours. ``log_psi`` is a callable
+    ``(K, N) -> (K,)`` or a model; ``dedup=True`` (model only) evaluates each chunk's connected
+    configurations through the dedup engine, deduplicated across the whole chunk.
     """
+    log_psi = _resolve_log_psi(log_psi, dedup)
     batch = s.shape[0]
     chunk_size = batch if chunk_size is None else int(chunk_size)
     if chunk_size < 1:

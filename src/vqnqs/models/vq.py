@@ -1,0 +1,322 @@
+"""Multi-head vector quantiser (paper eqs. 4-8) and the VQ-NQS transformer built around it.
+
+The quantiser sits in the ``attn.quantizer`` slot of every FULL block of the baseline transformer
+(after the causal mixing, before ``W_O`` and the residual add); the final attention-only half-block
+keeps its ``nn.Identity``. For an input row ``x (d,)`` split into ``H`` heads ``x_h (d/H,)``::
+
+    D_hj   = -||x_h - W_hj||                       codebook W: (H, Q, d/H)
+    code_h = argmax_j D_hj                          (the nearest codeword; ties -> lowest index)
+    value  = concat_h W_h[code_h]                   (d,)
+
+Training uses the straight-through estimator of eq. 8 on ``z = D_h``::
+
+    g(z)  = SG[onehot(argmax z)] + (softmax(z) - SG[softmax(z)])        value = g(z) @ W_h
+
+``softmax(z) - SG[softmax(z)]`` is exactly zero in value (``a - a == 0`` in IEEE arithmetic), so ``g`` is
+exactly the one-hot vector and ``g @ W_h`` exactly the codebook row: ``forward(x) == decode(encode(x))``
+bit for bit in both modes. Gradients reach ``x`` (and ``W``) through the softmax of the distances, and
+``W`` also through the one-hot selection.
+
+State (all buffers, so ``state_dict`` round-trips and loads with ``weights_only=True``):
+
+- ``initialized`` (bool): the codebook has been fitted to data. The first training forward with
+  gradients enabled initialises it from its inputs (``init="kmeans++"``: D^2-sampling per head;
+  ``"rows"``: random distinct input rows; ``"none"``: keep the random normal init).
+- ``usage_ema (H, Q)``: EMA of the fraction of rows assigned to each code (statistics).
+- ``unused_steps (H, Q)``: training steps since each code was last used. A code unused for
+  ``dead_after`` steps is re-seeded with a random row of the next training batch (dead-code replacement).
+
+A "training step" is a forward pass in training mode with gradients enabled and outside ``torch.func``
+transforms: sampling (``torch.no_grad``) and per-sample derivatives (``vmap(grad(...))``) leave the state
+alone. The codebook only changes at the START of such a forward, so the codes it returns are those of the
+state after it.
+
+Distances are computed as ``||x||^2 - 2 x.W^T + ||W||^2`` with explicit matmuls (a CPU FLOP counter sees
+them), clamped at a tiny positive value before the square root (so its gradient stays finite).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from vqnqs.models.transformer import AutoregressiveTransformer, TransformerConfig
+
+try:  # torch.func transforms wrap tensors; in-place buffer updates are not allowed under them
+    from torch._C._functorch import is_functorch_wrapped_tensor as _is_wrapped
+except ImportError:  # pragma: no cover - very old torch
+
+    def _is_wrapped(t: Tensor) -> bool:
+        return False
+
+
+INIT_METHODS = ("kmeans++", "rows", "none")
+DEFAULT_CODES = 64
+# Squared distances are clamped here before the sqrt: sqrt'(0) = inf would give NaN gradients for an
+# input that sits exactly on a codeword (as the data-initialised ones do). Far below any real distance.
+_MIN_SQUARED_DISTANCE = 1e-12
+
+
+@dataclass(frozen=True)
+class VQConfig:
+    """Multi-head vector quantiser: ``heads`` codebooks of ``codes`` entries, bandwidth ``heads*log2(codes)`` bits."""
+
+    heads: int = 2
+    codes: int = DEFAULT_CODES
+    # Data-driven codebook initialisation on the first training batch: "kmeans++", "rows" or "none".
+    init: str = "kmeans++"
+    # Re-seed a code unused for this many training steps; 0 disables dead-code replacement.
+    dead_after: int = 100
+    # Decay of the EMA usage statistics (per training step).
+    ema_decay: float = 0.99
+    # Std of the random normal codebook before (or without) data initialisation.
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.heads < 1:
+            raise ValueError(f"heads {self.heads}: must be a positive integer")
+        if self.codes < 1:
+            raise ValueError(f"codes {self.codes}: must be a positive integer")
+        if self.init not in INIT_METHODS:
+            raise ValueError(f"init {self.init!r}: expected one of {', '.join(INIT_METHODS)}")
+        if self.dead_after < 0:
+            raise ValueError(f"dead_after {self.dead_after}: must be >= 0 (0 disables)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay {self.ema_decay}: must lie in [0, 1)")
+        if not self.init_std > 0.0:
+            raise ValueError(f"init_std {self.init_std}: must be positive")
+
+    @property
+    def bits(self) -> float:
+        """Bandwidth per location: ``heads * log2(codes)``."""
+        return self.heads * math.log2(self.codes)
+
+    @classmethod
+    def from_bits(cls, bits: int, codes: int = DEFAULT_CODES, **kwargs) -> VQConfig:
+        """``bits`` -> ``heads = bits / log2(codes)`` heads of ``codes`` codes (6/12/24/48 -> 1/2/4/8 x 64)."""
+        return cls(*vq_shape_from_bits(bits, codes), **kwargs)
+
+
+def vq_shape_from_bits(bits: int, codes: int = DEFAULT_CODES) -> tuple[int, int]:
+    """``(heads, codes)`` with ``heads * log2(codes) == bits``; raises ``ValueError`` if none exists."""
+    per_head = math.log2(codes)
+    heads = round(bits / per_head) if per_head > 0 else 0
+    if codes < 2 or heads < 1 or not math.isclose(heads * per_head, bits):
+        raise ValueError(f"bits {bits}: not a positive multiple of log2(codes={codes}) = {per_head:g}")
+    return heads, codes
+
+
+def _kmeans_pp(rows: Tensor, k: int) -> Tensor:
+    """k-means++ seeding (D^2 sampling, no Lloyd iterations): ``rows (n, e)`` -> ``(k, e)`` centres.
+
+    Once every distinct row is chosen, the remaining centres are uniform random rows (duplicates).
+    """
+    n = rows.shape[0]
+    chosen = [torch.randint(n, (1,), device=rows.device)]
+    d2 = ((rows - rows[chosen[0]]) ** 2).sum(-1)  # (n,) squared distance to the nearest centre
+    for _ in range(k - 1):
+        if d2.sum() > 0:
+            pick = torch.multinomial(d2.double(), 1)
+        else:
+            pick = torch.randint(n, (1,), device=rows.device)
+        chosen.append(pick)
+        d2 = torch.minimum(d2, ((rows - rows[pick]) ** 2).sum(-1))
+    return rows[torch.cat(chosen)]
+
+
+def _random_distinct_rows(rows: Tensor, k: int) -> Tensor:
+    """``k`` random distinct rows of ``rows (n, e)`` (with repeats only if there are fewer than ``k``)."""
+    distinct = torch.unique(rows, dim=0)  # float comparison: fine for an initialisation
+    m = distinct.shape[0]
+    if m >= k:
+        return distinct[torch.randperm(m, device=rows.device)[:k]]
+    extra = torch.randint(m, (k - m,), device=rows.device)
+    return torch.cat([distinct, distinct[extra]])
+
+
+class VectorQuantizer(nn.Module):
+    """``(..., d) -> (..., d)`` multi-head vector quantiser; see the module docstring.
+
+    ``encode(x) -> (..., H)`` int64 codes, ``decode(codes) -> (..., d)``, ``forward(x)`` the quantised
+    rows (straight-through gradients in training), ``distances(x) -> (..., H, Q)`` the logits ``D``.
+    """
+
+    initialized: Tensor  # () bool
+    usage_ema: Tensor  # (H, Q) float
+    unused_steps: Tensor  # (H, Q) int64
+
+    def __init__(self, d_model: int, config: VQConfig) -> None:
+        super().__init__()
+        if d_model % config.heads:
+            raise ValueError(f"heads {config.heads}: must divide d_model={d_model}")
+        self.config = config
+        self.d_model = d_model
+        self.heads = config.heads
+        self.codes = config.codes
+        self.head_dim = d_model // config.heads
+        self.codebook = nn.Parameter(torch.randn(config.heads, config.codes, self.head_dim) * config.init_std)
+        self.register_buffer("initialized", torch.tensor(config.init == "none"))
+        self.register_buffer("usage_ema", torch.full((config.heads, config.codes), 1.0 / config.codes))
+        self.register_buffer("unused_steps", torch.zeros((config.heads, config.codes), dtype=torch.long))
+
+    @property
+    def bits(self) -> float:
+        return self.config.bits
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"d_model={self.d_model}, heads={c.heads}, codes={c.codes}, bits={c.bits:g}, init={c.init!r}"
+
+    # --- the quantiser proper ---
+
+    def distances(self, x: Tensor) -> Tensor:
+        """``x (..., d)`` -> ``D (..., H, Q) = -||x_h - W_hj||`` (via ``||x||^2 - 2 x.W^T + ||W||^2``)."""
+        lead = x.shape[:-1]
+        rows = rearrange(x.reshape(-1, self.d_model), "n (h e) -> h n e", h=self.heads)  # (H, n, e)
+        w = self.codebook  # (H, Q, e)
+        cross = torch.matmul(rows, w.transpose(1, 2))  # (H, n, Q)
+        x_sq = (rows * rows).sum(-1, keepdim=True)  # (H, n, 1)
+        w_sq = (w * w).sum(-1).unsqueeze(1)  # (H, 1, Q)
+        d2 = (x_sq - 2.0 * cross + w_sq).clamp_min(_MIN_SQUARED_DISTANCE)
+        neg_dist = -torch.sqrt(d2)  # (H, n, Q)
+        return rearrange(neg_dist, "h n q -> n h q").reshape(*lead, self.heads, self.codes)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """``x (..., d)`` -> codes ``(..., H)`` int64, the nearest codeword per head."""
+        with torch.no_grad():
+            return self.distances(x).argmax(dim=-1)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """``codes (..., H)`` -> ``(..., d)``: the codebook rows, heads concatenated."""
+        head_index = torch.arange(self.heads, device=codes.device)
+        values = self.codebook[head_index, codes]  # (..., H, e)
+        return values.reshape(*codes.shape[:-1], self.d_model)
+
+    def forward(self, x: Tensor, codes_only: bool = False) -> Tensor:
+        """``x (..., d)`` -> quantised ``(..., d)``; exactly ``decode(encode(x))`` in value, STE gradients.
+
+        ``codes_only=True`` returns ``encode(x)`` instead (no state update): the dedup engine calls it so,
+        through ``__call__``, so that module hooks (FLOP counters) attribute the distances to this module.
+        """
+        if codes_only:
+            return self.encode(x)
+        training_step = self._is_training_step(x)
+        if training_step:
+            self._prepare(x)
+        z = self.distances(x)  # (..., H, Q)
+        codes = z.argmax(dim=-1)  # (..., H)
+        if training_step:
+            self._record_usage(codes)
+        if not (self.training and torch.is_grad_enabled()):
+            return self.decode(codes)
+        # Eq. 8. The parentheses matter: (soft - SG[soft]) is exactly 0, so g is exactly one-hot.
+        hard = torch.zeros_like(z).scatter(-1, codes.unsqueeze(-1), 1.0)
+        soft = z.softmax(dim=-1)
+        g = hard + (soft - soft.detach())  # (..., H, Q)
+        g_rows = rearrange(g.reshape(-1, self.heads, self.codes), "n h q -> h n q")  # (H, n, Q)
+        values = torch.matmul(g_rows, self.codebook)  # (H, n, e)
+        return rearrange(values, "h n e -> n (h e)").reshape(x.shape)
+
+    # --- training-time state: data initialisation, usage statistics, dead-code replacement ---
+
+    def _is_training_step(self, x: Tensor) -> bool:
+        return self.training and torch.is_grad_enabled() and not _is_wrapped(x) and not _is_wrapped(self.codebook)
+
+    def _head_rows(self, x: Tensor) -> Tensor:
+        """``x (..., d)`` -> detached ``(H, n, e)``."""
+        return rearrange(x.detach().reshape(-1, self.d_model), "n (h e) -> h n e", h=self.heads)
+
+    @torch.no_grad()
+    def _prepare(self, x: Tensor) -> None:
+        """Start of a training step: data-initialise the codebook once, re-seed dead codes."""
+        rows = self._head_rows(x)  # (H, n, e)
+        if rows.shape[1] == 0:
+            return
+        if not bool(self.initialized):
+            self.initialize_from(x)
+            return
+        if self.config.dead_after > 0:
+            dead = self.unused_steps >= self.config.dead_after  # (H, Q)
+            if dead.any():
+                self.reseed(dead, x)
+
+    @torch.no_grad()
+    def initialize_from(self, x: Tensor) -> None:
+        """Fit the codebook to the rows of ``x (..., d)`` per head (``config.init``) and mark it initialised."""
+        rows = self._head_rows(x)  # (H, n, e)
+        max_rows = 8192  # k-means++ seeding on a random subset: cheap and plenty for Q <= a few hundred
+        if rows.shape[1] > max_rows:
+            rows = rows[:, torch.randperm(rows.shape[1], device=rows.device)[:max_rows]]
+        if self.config.init != "none":
+            pick = _kmeans_pp if self.config.init == "kmeans++" else _random_distinct_rows
+            for h in range(self.heads):
+                self.codebook[h] = pick(rows[h], self.codes).to(self.codebook.dtype)
+        self.initialized.fill_(True)
+        self.unused_steps.zero_()
+        self.usage_ema.fill_(1.0 / self.codes)
+
+    @torch.no_grad()
+    def reseed(self, dead: Tensor, x: Tensor) -> None:
+        """Replace the codes marked in ``dead (H, Q)`` by random rows of ``x (..., d)`` (recent inputs)."""
+        rows = self._head_rows(x)  # (H, n, e)
+        for h in range(self.heads):
+            index = dead[h].nonzero().squeeze(-1)
+            if index.numel():
+                pick = torch.randint(rows.shape[1], (index.numel(),), device=rows.device)
+                self.codebook[h, index] = rows[h, pick].to(self.codebook.dtype)
+        self.unused_steps[dead] = 0
+        self.usage_ema[dead] = 1.0 / self.codes
+
+    @torch.no_grad()
+    def _record_usage(self, codes: Tensor) -> None:
+        flat = codes.reshape(-1, self.heads).T  # (H, n)
+        counts = torch.zeros(self.heads, self.codes, dtype=self.usage_ema.dtype, device=codes.device)
+        counts.scatter_add_(1, flat, torch.ones_like(flat, dtype=counts.dtype))
+        used = counts > 0
+        self.unused_steps.add_(1).masked_fill_(used, 0)
+        decay = self.config.ema_decay
+        self.usage_ema.mul_(decay).add_(counts / max(flat.shape[1], 1), alpha=1.0 - decay)
+
+
+class VQTransformer(AutoregressiveTransformer):
+    """The baseline transformer with a :class:`VectorQuantizer` after the attention of every full block.
+
+    ``model.final_block`` (attention only) keeps its identity slot. Sampling and ``log_prob`` are
+    inherited unchanged: the quantiser acts per location, so the KV-cached sampler still applies.
+    """
+
+    def __init__(self, config: TransformerConfig, vq: VQConfig) -> None:
+        super().__init__(config)
+        self.vq_config = vq
+        for block in self.blocks:
+            block.attn.quantizer = VectorQuantizer(config.d_model, vq)
+
+    @property
+    def quantizers(self) -> list[VectorQuantizer]:
+        return [block.attn.quantizer for block in self.blocks]
+
+
+def make_vq_model(config: TransformerConfig, vq: VQConfig) -> VQTransformer:
+    """A VQ-NQS model: ``config``'s transformer with a ``vq`` quantiser in every full block."""
+    return VQTransformer(config, vq)
+
+
+def from_teacher(student: nn.Module, teacher: nn.Module) -> list[str]:
+    """Copy into ``student`` every teacher ``state_dict`` entry whose name and shape match; returns their names.
+
+    Used to start a distilled VQ student from the baseline teacher: every baseline weight matches, the
+    codebooks and quantiser buffers (absent from the teacher) keep the student's values.
+    """
+    student_state = student.state_dict()
+    copied = []
+    with torch.no_grad():
+        for name, value in teacher.state_dict().items():
+            target = student_state.get(name)
+            if target is not None and target.shape == value.shape:
+                target.copy_(value)
+                copied.append(name)
+    return copied
