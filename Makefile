@@ -21,3 +21,12 @@ test: setup
 
 lint: setup
 	ruff check src tests benchmarks
+
+# `make profile PROFILE=ci`: make config/ci.yaml the active params.yaml (what `dvc repro` and a plain
+# `snakemake` read); `make profile PROFILE=default` switches back. Snakemake alone: --config profile=ci.
+PROFILE ?= default
+.PHONY: profile
+profile:
+	@test -f config/$(PROFILE).yaml || { echo "no such profile: config/$(PROFILE).yaml"; exit 2; }
+	cp config/$(PROFILE).yaml params.yaml
+	@echo "params.yaml <- config/$(PROFILE).yaml"

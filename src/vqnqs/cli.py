@@ -13,11 +13,15 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import yaml
+
 from vqnqs.config import DEFAULT_PARAMS_PATH, ParamsError, load_params, run_settings
 from vqnqs.io import OutputError, ensure_writable_dir, write_json
 from vqnqs.physics.hamiltonian import SYSTEMS, build_hamiltonian
 from vqnqs.physics.lattice import BOUNDARIES, parse_size
 from vqnqs.physics.reference import DEFAULT_LITERATURE_KEY, DEFAULT_LITERATURE_PATH, METHODS, compute_reference
+from vqnqs.tracking import Run, TrackingError
+from vqnqs.vmc.trainer import TrainConfig, Trainer, TrainingError, load_reference, model_config
 
 
 class UsageError(ValueError):
@@ -165,7 +169,281 @@ def run_reference(args: argparse.Namespace) -> None:
     )
 
 
-STAGES: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_reference,)
+def set_argument(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` for ``--set``, the value read as YAML (``steps=300``, ``optimizer=adam``, ``d_ff=null``)."""
+    key, separator, value = text.partition("=")
+    if not separator or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise argparse.ArgumentTypeError(f"{key.strip()}: value {value!r} is not valid YAML") from err
+
+
+def add_train(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="VMC training of the transformer wave function",
+        description=(
+            "Variational Monte Carlo of the autoregressive transformer (SR/minSR or Adam). Settings: the "
+            "defaults of TrainConfig, then the params file's 'train' mapping, then the 'train' mapping of the "
+            "--run entry, then --set. Resumes from a checkpoint in --out-dir; writes checkpoint.pt, "
+            "history.csv, metrics.json and model.pt there, and one MLflow run."
+        ),
+        epilog=(
+            "example: vqnqs train --run heisenberg_4x4 --reference data/reference/heisenberg_4x4.json "
+            "--out-dir data/train/heisenberg_4x4 --set steps=300"
+        ),
+    )
+    add_run_arguments(parser)
+    add_system_arguments(parser)
+    parser.add_argument("--reference", required=True, type=Path, help="reference JSON of the same system")
+    parser.add_argument("--out-dir", required=True, type=Path, help="output directory (checkpoints, metrics, model)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        type=set_argument,
+        action="append",
+        default=[],
+        help="override one training setting, e.g. --set steps=300 (repeatable; keys: TrainConfig fields)",
+    )
+    parser.add_argument("--fresh", action="store_true", help="start from step 0 even if --out-dir holds a checkpoint")
+    parser.set_defaults(handler=run_train)
+
+
+def run_train(args: argparse.Namespace) -> None:
+    settings, params = resolve_system(args)
+    hamiltonian = hamiltonian_from(settings)
+    # Later mappings win: params' global 'train', the run's own 'train', then --set.
+    merged = {**params.get("train", {}), **settings.pop("train", {}), **dict(args.overrides)}
+    try:
+        config = TrainConfig.from_mapping(merged)
+        model_config(config, hamiltonian)  # the patch must tile the lattice
+    except ValueError as err:
+        raise UsageError(f"train settings: {err}") from err
+    reference = load_reference(args.reference, hamiltonian)
+    ensure_writable_dir(args.out_dir)
+    used = {"system": settings, "train": config.to_dict(), "reference": str(args.reference)}
+    tags = {"system": settings["system"], "size": settings["size"], "boundary": settings["boundary"], "run": args.run}
+    with Run("train", used, tags, experiment=params.get("experiment")) as run:
+        metrics = Trainer(hamiltonian, config, args.out_dir, reference).run(run, resume=not args.fresh)
+    print(
+        f"{settings['system']} {settings['size']}: E/N = {metrics['energy_per_site']:.8f} "
+        f"+- {metrics['energy_error']:.1e}, rel. error {metrics['rel_error']:.2e} after {metrics['steps']} steps "
+        f"({metrics['wall_time_s']:.0f} s) -> {args.out_dir}"
+    )
+
+
+def add_distill(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "distill",
+        help="distil a trained transformer (teacher) into a VQ-NQS student of a given bandwidth",
+        description=(
+            "Fit a vector-quantised student (bits = heads x log2(codes) per location) to the teacher's "
+            "log-amplitudes on fresh exact teacher samples (L2 loss, Adam), then evaluate its energy on its own "
+            "samples through the dedup engine (checked against the dense local energy). Settings: the defaults "
+            "of DistillConfig, then the params file's 'distill' mapping, then the 'distill' mapping of the --run "
+            "entry, then --set. Resumes from a checkpoint in --out-dir; writes checkpoint.pt, history.csv, "
+            "metrics.json and model.pt there, and one MLflow run."
+        ),
+        epilog=(
+            "example: vqnqs distill --run heisenberg_4x4 --teacher data/train/heisenberg_4x4 --bits 6 "
+            "--out-dir data/distill/heisenberg_4x4/6 --set steps=500"
+        ),
+    )
+    add_run_arguments(parser)
+    add_system_arguments(parser)
+    parser.add_argument("--teacher", required=True, type=Path, help="train stage out dir (model.pt, metrics.json)")
+    parser.add_argument("--bits", required=True, type=int, help="bandwidth per location: heads x log2(codes), e.g. 6")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="reference JSON of the same system (default: reference_per_site of the teacher's metrics.json)",
+    )
+    parser.add_argument("--out-dir", required=True, type=Path, help="output directory (checkpoint, metrics, model)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        type=set_argument,
+        action="append",
+        default=[],
+        help="override one distillation setting, e.g. --set steps=300 (repeatable; keys: DistillConfig fields)",
+    )
+    parser.add_argument("--fresh", action="store_true", help="start from step 0 even if --out-dir holds a checkpoint")
+    parser.set_defaults(handler=run_distill)
+
+
+def run_distill(args: argparse.Namespace) -> None:
+    from vqnqs.vmc.distill import DistillConfig, Distiller, check_bits, load_teacher
+
+    settings, params = resolve_system(args)
+    hamiltonian = hamiltonian_from(settings)
+    # Later mappings win: params' global 'distill', the run's own 'distill', then --set.
+    merged = {**(params.get("distill") or {}), **settings.pop("distill", {}), **dict(args.overrides)}
+    try:
+        config = DistillConfig.from_mapping(merged)
+    except ValueError as err:
+        raise UsageError(f"distill settings: {err}") from err
+    try:
+        config.vq_config(args.bits)
+    except ValueError as err:
+        raise UsageError(f"argument --bits: {err}") from err
+    teacher = load_teacher(args.teacher, hamiltonian)  # CheckpointError naming the file
+    try:
+        student = config.student_config(teacher.model.config)
+    except ValueError as err:
+        raise UsageError(f"distill settings: {err}") from err
+    try:
+        check_bits(args.bits, config.codes, student.d_model)
+    except ValueError as err:
+        raise UsageError(f"argument --bits: {err}") from err
+    if args.reference is not None:
+        reference = load_reference(args.reference, hamiltonian)
+    else:
+        reference = teacher.metrics.get("reference_per_site")
+        if isinstance(reference, bool) or not isinstance(reference, (int, float)) or not math.isfinite(reference):
+            raise UsageError(
+                f"argument --reference: required ({teacher.path.parent}/metrics.json has no reference_per_site)"
+            )
+    ensure_writable_dir(args.out_dir)
+    used = {
+        "system": settings,
+        "distill": config.to_dict(),
+        "bits": args.bits,
+        "teacher": str(args.teacher),
+        "teacher_digest": teacher.digest,
+        "reference": str(args.reference) if args.reference is not None else "teacher metrics.json",
+    }
+    tags = {
+        "system": settings["system"],
+        "size": settings["size"],
+        "boundary": settings["boundary"],
+        "bits": args.bits,
+        "run": args.run,
+    }
+    with Run("distill", used, tags, experiment=params.get("experiment")) as run:
+        distiller = Distiller(hamiltonian, teacher, config, args.bits, args.out_dir, float(reference))
+        metrics = distiller.run(run, resume=not args.fresh)
+    teacher_rel = metrics["teacher_rel_error"]
+    print(
+        f"{settings['system']} {settings['size']} {args.bits} bits: E/N = {metrics['energy_per_site']:.8f} "
+        f"+- {metrics['energy_error']:.1e}, rel. error {metrics['rel_error']:.2e} "
+        f"(teacher {'n/a' if teacher_rel is None else f'{teacher_rel:.2e}'}), fidelity {metrics['fidelity']:.6f} "
+        f"after {metrics['steps']} steps ({metrics['wall_time_s']:.0f} s) -> {args.out_dir}"
+    )
+
+
+def add_profile(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "profile",
+        help="local-energy FLOPs and wall-clock of the baseline and a VQ-NQS student, dense vs dedup",
+        description=(
+            "Profile the local energy of the baseline (--baseline: a train stage out dir) and of a VQ-NQS student "
+            "(--model-dir: a distill stage out dir) on batches of exact samples: FLOPs by component on the dense "
+            "path and through the dedup engine (total and quantised-ops savings, as in the paper's Table 1) and "
+            "wall-clock of both paths. Energies come from the dirs' metrics.json. System: --run or --system/--size, "
+            "else the baseline model's own record. Settings: the defaults of ProfileConfig, then the params file's "
+            "'profile' mapping (with --run), then --set. Writes OUT and OUT_components.csv, and one MLflow run."
+        ),
+        epilog=(
+            "example: vqnqs profile --run heisenberg_4x4 --model-dir data/distill/heisenberg_4x4/bits6 "
+            "--baseline data/train/heisenberg_4x4 --out data/profile/heisenberg_4x4/bits6.csv --set n_batches=2"
+        ),
+    )
+    add_run_arguments(parser)
+    add_system_arguments(parser)
+    parser.add_argument("--model-dir", required=True, type=Path, help="distill stage out dir (model.pt, metrics.json)")
+    parser.add_argument("--baseline", required=True, type=Path, help="train stage out dir (model.pt, metrics.json)")
+    parser.add_argument("--reference", type=Path, default=None, help="reference JSON (fills reference_per_site)")
+    parser.add_argument("--out", required=True, type=output_file, help="profile CSV (components CSV beside it)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        type=set_argument,
+        action="append",
+        default=[],
+        help="override one profile setting, e.g. --set n_batches=2 (repeatable; keys: ProfileConfig fields)",
+    )
+    parser.set_defaults(handler=run_profile)
+
+
+def run_profile(args: argparse.Namespace) -> None:
+    from vqnqs.profiling import stage
+
+    stage.check_model_dir(args.model_dir, "model")
+    stage.check_model_dir(args.baseline, "baseline")
+    if args.run is not None or args.system is not None or args.size is not None:
+        settings, params = resolve_system(args)
+    else:
+        settings, params = stage.system_of_dir(args.baseline), {}
+    hamiltonian = hamiltonian_from(settings)
+    try:
+        config = stage.ProfileConfig.from_mapping({**(params.get("profile") or {}), **dict(args.overrides)})
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"profile settings: {err}") from err
+    reference = load_reference(args.reference, hamiltonian) if args.reference is not None else None
+    ensure_writable_dir(args.out.parent)
+    used = {"system": settings, "profile": config.to_dict(), "model_dir": str(args.model_dir)}
+    used |= {"baseline": str(args.baseline), "reference": None if args.reference is None else str(args.reference)}
+    tags = {"system": settings["system"], "size": settings["size"], "boundary": settings["boundary"], "run": args.run}
+    tags["bits"] = stage.stated_bits(args.model_dir)
+    with Run("profile", used, tags, experiment=params.get("experiment")) as run:
+        result = stage.run_profile_stage(
+            args.model_dir, args.baseline, args.out, hamiltonian, settings, config, reference_per_site=reference
+        )
+        for row in result.rows:
+            keys = ("total_savings", "quantized_ops_savings", "flops_dense_per_sample", "flops_dedup_per_sample")
+            keys += ("time_dense_s", "time_dedup_s", "time_speedup")
+            run.log_metrics({f"{row['model']}_{key}": row[key] for key in keys if row.get(key) is not None})
+        run.flush()
+        run.log_artifact(result.out)
+        run.log_artifact(result.components_out)
+    print(f"{stage.summary_line(result)}\n-> {result.out}, {result.components_out}")
+
+
+def add_report(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="Table 1, figures and results/report.md from all stage outputs",
+        description=(
+            "Collects the reference, train, distill and profile outputs of every run and bandwidth in the "
+            "params file and writes report.md, table1.csv, the TFIM scaling fits and seaborn figures (PNG, "
+            "each with the CSV it was drawn from) into --out-dir."
+        ),
+        epilog="example: vqnqs report --params params.yaml --data-dir data --out-dir results",
+    )
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS_PATH, help="params file (default: params.yaml)")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="stage outputs (default: data)")
+    parser.add_argument("--out-dir", type=Path, default=Path("results"), help="report directory (default: results)")
+    parser.set_defaults(handler=run_report)
+
+
+def run_report(args: argparse.Namespace) -> None:
+    from vqnqs.report import inputs_from_params, write_report
+
+    params = load_params(args.params)
+    inputs = inputs_from_params(params, args.data_dir)
+    inputs.check()  # every input present before any work
+    ensure_writable_dir(args.out_dir)
+    with Run("report", params, {"run": "all"}, experiment=params.get("experiment")) as run:
+        report = write_report(params, inputs, args.out_dir)
+        run.log_artifact(report)
+        for figure in sorted((args.out_dir / "figures").glob("*.png")):
+            run.log_artifact(figure)
+    print(f"report -> {report}")
+
+
+STAGES: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    add_reference,
+    add_train,
+    add_distill,
+    add_profile,
+    add_report,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,6 +465,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ParamsError, ValueError, OutputError) as err:
         print(f"vqnqs {args.stage}: error: {err}", file=sys.stderr)
         return 2
+    except (TrainingError, TrackingError) as err:
+        print(f"vqnqs {args.stage}: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

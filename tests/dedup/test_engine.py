@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vqnqs.dedup import dedup_log_prob, dedup_log_psi, dense_codes, pair_ids, tuple_ids
+from vqnqs.dedup import dedup_log_prob, dedup_log_psi, dense_codes, pair_ids, prefix_partition, tuple_ids
 from vqnqs.models import AutoregressiveTransformer, TransformerConfig, VQConfig, make_vq_model
 from vqnqs.physics.hamiltonian import Heisenberg, TransverseFieldIsing
 from vqnqs.physics.lattice import Lattice
@@ -57,6 +57,15 @@ def local_energy_batch(model, ham, n_samples: int, seed: int, source: str) -> to
         s = (order < n_down).long()
     conn = ham.connected(s)
     return conn.configs[conn.valid]  # (K, N)
+
+
+def brute_force_prefixes(ids: torch.Tensor) -> dict[tuple, set[int]]:
+    """``{(position, ids[k, 0..i]): {k, ...}}`` over all locations of ``ids (K, T)``: the distinct prefixes."""
+    prefixes: dict[tuple, set[int]] = {}
+    for k, row in enumerate(ids.tolist()):
+        for i in range(len(row)):
+            prefixes.setdefault((i, tuple(row[: i + 1])), set()).add(k)
+    return prefixes
 
 
 def assert_same_log_prob(engine: torch.Tensor, dense: torch.Tensor) -> None:
@@ -119,7 +128,18 @@ def test_vq_engine_matches_dense_forward(case) -> None:
         assert layer.unique_rows <= layer.locations == locations
         if layer.quantized:
             assert layer.unique_rows <= previous.unique_rows * layer.code_tuples
-    assert result.stats[-1].layer == "final" and result.stats[-1].unique_rows == locations
+    # Attention runs once per distinct prefix: block0's are the prefixes of the input tokens; a block's
+    # ids are functions of the previous block's prefixes, so the prefixes only merge from block to block.
+    inputs = model.shift_right(model.patching.to_tokens(s))
+    blocks = result.stats[1:]
+    assert blocks[0].attention_rows == len(brute_force_prefixes(inputs))
+    for previous, layer in zip(blocks[:-1], blocks[1:], strict=True):
+        assert layer.attention_rows <= previous.attention_rows
+    for layer in blocks:
+        assert sum(layer.prefixes_per_position) == layer.attention_rows <= locations
+        assert layer.unique_rows <= layer.attention_rows  # a state per prefix at most
+    final = result.stats[-1]
+    assert final.layer == "final" and final.unique_rows == final.attention_rows
 
 
 @settings(max_examples=15, deadline=None)
@@ -142,8 +162,9 @@ def test_baseline_engine_matches_dense_forward(lattice, n_blocks: int, sz: bool,
         result = dedup_log_prob(model, s, record_codes=True)
         assert_same_log_prob(result.log_prob, model.log_prob(s))
     assert result.codes == []
-    # No quantiser: after the first block every location is its own state.
-    assert all(layer.unique_rows == layer.locations for layer in result.stats[1:])
+    # No quantiser: after the first block every distinct prefix of the input tokens is its own state.
+    prefixes = len(brute_force_prefixes(model.shift_right(model.patching.to_tokens(s))))
+    assert all(layer.unique_rows == layer.attention_rows == prefixes for layer in result.stats[1:])
     torch.testing.assert_close(dedup_log_psi(model, s), 0.5 * model.log_prob(s), rtol=0, atol=1e-10)
 
 
@@ -177,7 +198,7 @@ def test_one_code_collapses_to_position_and_input_classes(heads: int) -> None:
     for layer in blocks:
         assert layer.quantized and layer.code_tuples == 1
         assert layer.unique_rows == classes < layer.locations == n_locations
-    assert final.unique_rows == n_locations
+    assert final.unique_rows == final.attention_rows == len(brute_force_prefixes(inputs)) < n_locations
 
 
 def test_savings_on_a_local_energy_batch() -> None:
@@ -299,7 +320,67 @@ def test_flop_counter_sees_the_model_components() -> None:
         assert dedup[name] * locations == dense[name] * rows
     assert dedup["blocks.1.attn.qkv_proj"] * locations == dense["blocks.1.attn.qkv_proj"] * block0.unique_rows
     assert dedup["blocks.0.attn.out_proj"] * locations == dense["blocks.0.attn.out_proj"] * block0.code_tuples
-    # The distances are counted in the quantiser in both paths (same (K, T) inputs: same FLOPs).
-    assert dedup["blocks.0.attn.quantizer"] == dense["blocks.0.attn.quantizer"] > 0
-    assert dedup["head"] == dense["head"]  # the final half-block leaves one state per location
+    # The distances are counted in the quantiser in both paths, on the distinct prefixes in the engine.
+    assert dense["blocks.0.attn.quantizer"] > 0
+    assert dedup["blocks.0.attn.quantizer"] * locations == dense["blocks.0.attn.quantizer"] * block0.attention_rows
+    final = result.stats[-1]  # the final half-block leaves one state per distinct prefix
+    assert dedup["head"] * locations == dense["head"] * final.unique_rows
+    assert final.unique_rows == final.attention_rows < locations
     assert dedup_counter.get_total_flops() < dense_counter.get_total_flops() / 2
+
+
+# --- prefix keys ------------------------------------------------------------------------------------
+
+
+def assert_prefix_ids_consistent(ids: torch.Tensor) -> None:
+    """Brute force: equal prefix ids <=> same position and equal ids up to it; rows dense in [0, R);
+    each group's rows laid out sequence-major from its start position."""
+    partition = prefix_partition(ids)
+    n_seq, n_tokens = ids.shape
+    prefixes = brute_force_prefixes(ids)
+    seen: dict[int, tuple] = {}
+    for (i, prefix), sequences in prefixes.items():
+        values = {int(partition.rows[k, i]) for k in sequences}
+        assert len(values) == 1, (i, prefix)  # equal prefixes -> equal ids
+        (value,) = values
+        assert value not in seen, (seen.get(value), (i, prefix))  # different prefixes -> different ids
+        seen[value] = (i, prefix)
+    assert sorted(seen) == list(range(partition.n_rows))
+    assert sum(partition.per_position) == partition.n_rows
+    assert partition.per_position == tuple(sum(1 for i, _ in prefixes if i == t) for t in range(n_tokens))
+    # Each row's representative location holds that prefix; groups cover the rows in order.
+    assert torch.equal(partition.rows.reshape(-1)[partition.row_location], torch.arange(partition.n_rows))
+    row = 0
+    for group in partition.groups:
+        n, t_q = group.sequences.shape[0], n_tokens - group.start
+        assert group.first_row == row and n > 0
+        expected = row + torch.arange(n * t_q).reshape(n, t_q)
+        assert torch.equal(partition.rows[group.sequences][:, group.start :], expected)
+        row += n * t_q
+    assert row == partition.n_rows
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n_seq=st.integers(0, 40),
+    n_tokens=st.integers(1, 6),
+    n_values=st.integers(1, 4),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_prefix_ids_are_consistent(n_seq: int, n_tokens: int, n_values: int, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, n_values, (n_seq, n_tokens), generator=generator)
+    if n_seq > 2:  # repeated rows and shared prefixes, as in a local-energy batch
+        ids[n_seq // 2 :, : n_tokens // 2] = ids[0, : n_tokens // 2]
+        ids[-1] = ids[1]
+    assert_prefix_ids_consistent(ids * 1000 + 7)  # ids need not be dense
+
+
+def test_prefix_ids_of_a_local_energy_batch() -> None:
+    """On real inputs: connected configurations share long prefixes with their sample."""
+    config = TransformerConfig((4, 4), 2, d_model=8, n_heads=2, n_blocks=1, n_down=8)
+    model = random_model(config, None, seed=0)
+    s = local_energy_batch(model, Heisenberg(Lattice((4, 4))), 6, 0, "uniform")
+    inputs = model.shift_right(model.patching.to_tokens(s))
+    assert_prefix_ids_consistent(inputs)
+    assert prefix_partition(inputs).n_rows < 0.6 * inputs.numel()

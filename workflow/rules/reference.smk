@@ -6,8 +6,8 @@ rule reference:
     output:
         "data/reference/{run}.json",
     params:
-        settings=lambda wildcards: config["systems"][wildcards.run],
-        reference=config["reference"],
+        settings=lambda wildcards: P["systems"][wildcards.run],
+        reference=P["reference"],
     log:
         "logs/reference/{run}.log",
     shell:

@@ -1,11 +1,13 @@
 """The compressed ``(I, V)`` engine: hidden states deduplicated across a batch of configurations."""
 
 from vqnqs.dedup.engine import (
+    BlockOutput,
     Compressed,
     DedupEngine,
     DedupResult,
     LayerStats,
     attention_stage,
+    block_prefixes,
     block_stage,
     dedup_log_prob,
     dedup_log_psi,
@@ -17,13 +19,18 @@ from vqnqs.dedup.engine import (
     quantized_residual_stage,
 )
 from vqnqs.dedup.keys import pair_ids, tuple_ids
+from vqnqs.dedup.prefix import PrefixGroup, PrefixPartition, prefix_partition
 
 __all__ = [
+    "BlockOutput",
     "Compressed",
     "DedupEngine",
     "DedupResult",
     "LayerStats",
+    "PrefixGroup",
+    "PrefixPartition",
     "attention_stage",
+    "block_prefixes",
     "block_stage",
     "dedup_log_prob",
     "dedup_log_psi",
@@ -33,6 +40,7 @@ __all__ = [
     "feed_forward_stage",
     "output_stage",
     "pair_ids",
+    "prefix_partition",
     "quantized_residual_stage",
     "tuple_ids",
 ]

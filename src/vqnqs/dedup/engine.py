@@ -1,31 +1,35 @@
 """The dedup engine: ``log P`` of a flat batch of configurations in compressed ``(I, V)`` form.
 
 A batch of hidden states ``(K, T, d)`` is held as ``ids I (K, T)`` int64 into a table ``V (U, d)`` of
-unique rows. Every per-location operation runs on ``V`` only; attention mixes the locations of a
-sequence, so it runs on the gathered ``(K, T, d)`` and its (quantised) output gives new integer keys::
+unique rows. Every per-location operation runs on ``V`` only. Attention mixes the locations of a
+sequence, but causally: its output at position i is a function of the ids ``I[k, 0..i]`` (the prefix),
+so it runs once per distinct prefix (:mod:`vqnqs.dedup.prefix`: R rows, integer prefix keys)::
 
     input      key (position, input token)          -> I, V = tok_emb + pos_emb of the unique keys
-    full block h = ln_attn(V); q, k, v = attn.qkv(h)                          (U rows)
-               mixed = attn.attend(q[I], k[I], v[I])                          (K, T, d) per sequence
-      with VQ: codes = quantizer.encode(mixed)                                (K, T, H)
-               key (previous id, code tuple) -> new I;  V' = V[prev] + W_O(decode(tuple))
-                                                        (W_O on the unique code tuples only)
-      without: I = arange(K*T) (every location its own state);  V' = V[I] + W_O(mixed)
+    full block prefixes of I -> rows (K, T) in [0, R), one representative location per row
+               h = ln_attn(V); q, k, v = attn.qkv_proj(h)                     (U rows, head-major)
+               mixed = causal_attention per group of representatives          (R, d) one row per prefix
+      with VQ: codes = quantizer(mixed, codes_only=True)                      (R, H)
+               key (previous id, code tuple) per row -> new I = ids_of_row[rows]
+               V' = V[prev] + W_O(decode(tuple))           (W_O on the unique code tuples only)
+      without: I = rows (each prefix its own state);  V' = V[prev of row] + W_O(mixed)   (R rows)
                V' = V' + ff(ln_ff(V'))                                        (U' rows)
-    final half-block: attention, no quantiser (identity ids), no feed-forward
+    final half-block: attention per prefix, no quantiser (I = rows), no feed-forward
     output     head(ln_f(V)) -> gather by I -> masked_log_softmax (Sz mask) -> gather tokens -> sum
 
-Dedup spans the whole batch (all ``K`` sequences together). Ids come from integer keys only
-(:mod:`vqnqs.dedup.keys`), never from comparing floats, so the result is the dense forward of the SAME
-model reorganised: same codes, same ``log P`` up to floating-point reassociation.
+Dedup spans the whole batch (all ``K`` sequences together). Ids and prefix ids come from integer keys only
+(:mod:`vqnqs.dedup.keys`, :mod:`vqnqs.dedup.prefix`), never from comparing floats, so the result is the
+dense forward of the SAME model reorganised: same codes, same ``log P`` up to floating-point reassociation.
 
-Submodules are called through ``__call__`` (``block.ln_attn(V)``, ``block.attn.qkv_proj`` via
-``block.attn.qkv``, ``quantizer(mixed, codes_only=True)``, ``block.attn.out_proj``, ``block.ff``,
-``model.head``...), and the whole forward runs inside :class:`DedupEngine`, a module whose children mirror
-the model's (``blocks.<i>.attn.qkv_proj``, ``head``...). So ``torch.utils.flop_counter.FlopCounterMode``
-names the components as in the dense forward, with the root's name in front: ``DedupEngine.blocks.0.ff``
-here for ``VQTransformer.blocks.0.ff`` there. The causal mixing (``attn.attend``, a method) is counted
-under ``DedupEngine.blocks.<i>`` (dense: ``...blocks.<i>.attn``).
+Submodules are called through ``__call__`` (``block.ln_attn(V)``, ``block.attn.qkv_proj``,
+``quantizer(mixed, codes_only=True)``, ``block.attn.out_proj``, ``block.ff``, ``model.head``...), and the
+whole forward runs inside :class:`DedupEngine`, a module whose children mirror the model's
+(``blocks.<i>.attn.qkv_proj``, ``head``...). So ``torch.utils.flop_counter.FlopCounterMode`` names the
+components as in the dense forward, with the root's name in front: ``DedupEngine.blocks.0.ff`` here for
+``VQTransformer.blocks.0.ff`` there. The causal mixing (:func:`vqnqs.models.transformer.causal_attention`,
+a function shared with the dense ``attn.attend``) is counted under ``DedupEngine.blocks.<i>`` (dense:
+``...blocks.<i>.attn``): ``4 * d * T`` FLOPs per attention row (each row's query against the ``T`` keys of
+its representative sequence, the future masked), against ``4 * d * T`` per location densely.
 
 A quantiser in the ``attn.quantizer`` slot must offer ``encode(x) -> codes (..., H)``,
 ``decode(codes) -> (..., d)``, an integer ``codes`` (codebook size) and ``quantizer(x, codes_only=True)``
@@ -34,13 +38,16 @@ A quantiser in the ``attn.quantizer`` slot must offer ``encode(x) -> codes (...,
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from vqnqs.dedup.keys import pair_ids, tuple_ids
-from vqnqs.models.transformer import AutoregressiveTransformer, Block
+from vqnqs.dedup.prefix import PrefixPartition, prefix_partition
+from vqnqs.models.transformer import AutoregressiveTransformer, Block, causal_attention
 
 
 @dataclass
@@ -49,6 +56,8 @@ class Compressed:
 
     ids: Tensor  # (K, T) int64 in [0, U)
     table: Tensor  # (U, d)
+    # Set when ``ids`` are themselves the prefix ids (rows) of this partition: the next block reuses it.
+    prefixes: PrefixPartition | None = None
 
     @property
     def n_unique(self) -> int:
@@ -68,11 +77,19 @@ class LayerStats:
     unique_rows: int  # U after the stage: rows the next per-location ops run on
     locations: int  # K * T: rows the dense forward runs on
     code_tuples: int | None = None  # distinct code tuples (rows through W_O) in a quantised block
+    # Distinct prefixes of the stage's input ids: the rows its attention (and quantiser) ran on.
+    attention_rows: int | None = None
+    prefixes_per_position: tuple[int, ...] | None = None  # (T,) distinct prefixes ending at each position
 
     @property
     def fraction(self) -> float:
         """``unique_rows / locations`` (1 = no savings)."""
         return self.unique_rows / max(self.locations, 1)
+
+    @property
+    def attention_fraction(self) -> float | None:
+        """``attention_rows / locations``: the share of attention rows left after prefix dedup."""
+        return None if self.attention_rows is None else self.attention_rows / max(self.locations, 1)
 
 
 @dataclass
@@ -85,6 +102,16 @@ class DedupResult:
     def log_psi(self) -> Tensor:
         """``log psi = log P / 2`` (real: phase zero for the stoquastic models here)."""
         return 0.5 * self.log_prob
+
+
+@dataclass
+class BlockOutput:
+    """What one block stage returns: the new states and, for the statistics, what it ran on."""
+
+    states: Compressed
+    prefixes: PrefixPartition  # of the block's input ids: its attention rows
+    codes: Tensor | None = None  # (K, T, H) if quantised and recorded
+    n_tuples: int | None = None  # distinct code tuples if quantised
 
 
 def _quantizer(block: Block) -> nn.Module | None:
@@ -100,6 +127,51 @@ def _quantizer(block: Block) -> nn.Module | None:
     )
 
 
+# Chunk sizes. Every per-row step runs on blocks of rows so that its temporaries (the feed-forward's
+# (rows, d_ff) hidden layer, gathered keys...) stay a few MB: cache-resident, and recycled by the
+# allocator instead of fresh pages (large allocations are mmapped, and first-touch page faults cost
+# about as much as the arithmetic on them). Sizes are in rows; results do not depend on them.
+ROW_CHUNK = 4096  # per-location ops (LayerNorm, Q/K/V, feed-forward, W_O, head)
+ATTENTION_CHUNK_ROWS = 8192  # key rows (sequences x T) gathered per attention step
+
+
+def map_rows(fn: Callable[[Tensor], Tensor], x: Tensor, chunk: int | None = None) -> Tensor:
+    """``fn(x)`` for a per-row ``fn`` (``(n, ...) -> (n, ...)``, rows independent), in blocks of rows."""
+    chunk = ROW_CHUNK if chunk is None else chunk
+    n_rows = x.shape[0]
+    if n_rows <= chunk:
+        return fn(x)
+    first = fn(x[:chunk])
+    out = first.new_empty((n_rows, *first.shape[1:]))
+    out[:chunk] = first
+    for start in range(chunk, n_rows, chunk):
+        out[start : start + chunk] = fn(x[start : start + chunk])
+    return out
+
+
+# Intra-op threads for the engine's many small, memory-bound steps (prefix keys, the per-chunk gathers,
+# attention and quantiser, the residual). Each op is a parallel region of its own, and there are a couple
+# of thousand of them: OpenMP fork/join gains little on them, and on a busy machine every region waits for
+# a descheduled worker (6x6, d = 256, 2 threads, load ~3.5: 4.4-8.7 s with the caller's 2 threads against
+# 3.0 s with this at 1). None: the caller's setting. The large per-location matmuls (Q/K/V, feed-forward)
+# always run with the caller's setting.
+SMALL_OP_THREADS: int | None = 1
+
+
+@contextmanager
+def _intra_op_threads(threads: int | None) -> Iterator[None]:
+    """Run the enclosed ops on ``threads`` intra-op threads (None or the current count: unchanged)."""
+    current = torch.get_num_threads()
+    if threads is None or threads == current:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(current)
+
+
 # --- stages ---------------------------------------------------------------------------------------
 
 
@@ -112,62 +184,110 @@ def embed_stage(model: AutoregressiveTransformer, inputs: Tensor) -> Compressed:
     return Compressed(ids, table)
 
 
-def attention_stage(block: Block, states: Compressed) -> Tensor:
-    """Per-location LayerNorm and Q/K/V on the unique rows, causal mixing per sequence -> ``(K, T, d)``."""
-    h = block.ln_attn(states.table)  # (U, d)
-    q, k, v = block.attn.qkv(h)  # (U, d) each
-    ids = states.ids
-    return block.attn.attend(q[ids], k[ids], v[ids])  # (K, T, d)
+def block_prefixes(states: Compressed) -> PrefixPartition:
+    """The prefix partition of the states' ids (reused when the ids already are prefix ids)."""
+    return states.prefixes if states.prefixes is not None else prefix_partition(states.ids)
+
+
+def qkv_stage(block: Block, states: Compressed) -> Tensor:
+    """LayerNorm and Q/K/V projection of the unique rows -> head-major ``(3, H, U, e)`` (q, k, v)."""
+    table = states.table  # (U, d)
+    n_unique, d = table.shape
+    n_heads = block.attn.n_heads
+    qkv = table.new_empty(3, n_heads, n_unique, d // n_heads)  # (3, H, U, e)
+    for start in range(0, n_unique, ROW_CHUNK):
+        rows = block.attn.qkv_proj(block.ln_attn(table[start : start + ROW_CHUNK]))  # (c, 3d): [q | k | v]
+        qkv[:, :, start : start + ROW_CHUNK] = rows.view(rows.shape[0], 3, n_heads, -1).permute(1, 2, 0, 3)
+    return qkv
+
+
+def attention_stage(
+    block: Block, states: Compressed, prefixes: PrefixPartition, qkv: Tensor
+) -> Iterator[tuple[slice, Tensor]]:
+    """Causal mixing once per distinct prefix: yields ``(rows, mixed)``, the outputs ``(len(rows), d)``
+    (heads concatenated, before any quantiser or ``W_O``) of the attention rows ``rows``, in order.
+
+    Row r is the attention output of every location whose prefix id is r. Each group of representatives
+    (sequences representing positions ``start .. T-1``) runs, a few sequences at a time, as one batched
+    :func:`causal_attention`: their queries at those positions against all ``T`` keys of the sequence.
+    """
+    q, k, v = qkv  # (H, U, e) each, from qkv_stage
+    n_heads, _, e = q.shape
+    n_tokens = states.ids.shape[1]
+    per_step = max(1, ATTENTION_CHUNK_ROWS // n_tokens)  # sequences per step
+    for group in prefixes.groups:
+        t_q = n_tokens - group.start
+        for first in range(0, group.sequences.shape[0], per_step):
+            ids = states.ids[group.sequences[first : first + per_step]]  # (n, T) input ids of the sequences
+            n = ids.shape[0]
+            keys = ids.reshape(-1)  # (n*T,)
+            queries = ids[:, group.start :].reshape(-1)  # (n*Tq,)
+            out = causal_attention(
+                q.index_select(1, queries).view(n_heads * n, t_q, e),  # (H*n, Tq, e)
+                k.index_select(1, keys).view(n_heads * n, n_tokens, e),  # (H*n, T, e)
+                v.index_select(1, keys).view(n_heads * n, n_tokens, e),  # (H*n, T, e)
+            )  # (H*n, Tq, e)
+            row = group.first_row + first * t_q
+            mixed = out.view(n_heads, n, t_q, e).permute(1, 2, 0, 3).reshape(n * t_q, n_heads * e)  # (n*Tq, d)
+            yield slice(row, row + n * t_q), mixed
 
 
 def quantized_residual_stage(
-    block: Block, quantizer: nn.Module, states: Compressed, mixed: Tensor
+    block: Block, quantizer: nn.Module, states: Compressed, prefixes: PrefixPartition, qkv: Tensor
 ) -> tuple[Compressed, Tensor, int]:
-    """``x + W_O(quantizer(mixed))`` keyed by (previous id, code tuple).
+    """``x + W_O(quantizer(attention))`` keyed by (previous id, code tuple), per attention row.
 
-    Returns the new states, the codes ``(K, T, H)`` and the number of distinct code tuples.
+    Returns the new states, the codes of the attention rows ``(R, H)`` and the number of distinct code tuples.
     """
-    codes = quantizer(mixed, codes_only=True)  # (K, T, H) int64: encode, through __call__
-    tuple_of, tuples = tuple_ids(codes, quantizer.codes)  # (K, T), (n_tuples, H)
+    # Encode through __call__, chunk by chunk as the attention rows come (in order): (R, H) int64.
+    codes = torch.cat([quantizer(mixed, codes_only=True) for _, mixed in attention_stage(block, states, prefixes, qkv)])
+    tuple_of, tuples = tuple_ids(codes, quantizer.codes)  # (R,), (n_tuples, H)
     n_tuples = tuples.shape[0]
-    ids, prev_u, tuple_u = pair_ids(states.ids, states.n_unique, tuple_of, n_tuples)  # (K, T), (U',), (U',)
+    previous = prefixes.at_rows(states.ids)  # (R,) the input id of each row's locations
+    row_ids, prev_u, tuple_u = pair_ids(previous, states.n_unique, tuple_of, n_tuples)  # (R,), (U',), (U',)
     projected = block.attn.out_proj(quantizer.decode(tuples))  # (n_tuples, d): W_O on unique codewords only
     table = states.table[prev_u] + projected[tuple_u]  # (U', d)
-    return Compressed(ids, table), codes, n_tuples
+    return Compressed(row_ids[prefixes.rows], table), codes, n_tuples
 
 
-def dense_residual_stage(block: Block, states: Compressed, mixed: Tensor) -> Compressed:
-    """``x + W_O(mixed)`` without a quantiser: every location becomes its own state (ids = arange)."""
-    n_seq, n_tokens, d = mixed.shape
-    x = states.dense().reshape(n_seq * n_tokens, d)  # (K*T, d)
-    table = x + block.attn.out_proj(mixed.reshape(n_seq * n_tokens, d))  # (K*T, d)
-    ids = torch.arange(n_seq * n_tokens, device=mixed.device).reshape(n_seq, n_tokens)
-    return Compressed(ids, table)
+def dense_residual_stage(block: Block, states: Compressed, prefixes: PrefixPartition, qkv: Tensor) -> Compressed:
+    """``x + W_O(attention)`` without a quantiser: one state per prefix (ids = the prefix ids)."""
+    previous = prefixes.at_rows(states.ids)  # (R,) the input id of each row's locations
+    chunks = [
+        states.table[previous[rows]] + block.attn.out_proj(mixed)  # (rows, d)
+        for rows, mixed in attention_stage(block, states, prefixes, qkv)
+    ]
+    table = torch.cat(chunks)  # (R, d)
+    return Compressed(prefixes.rows, table, prefixes)
 
 
 def feed_forward_stage(block: Block, states: Compressed) -> Compressed:
     """``x + ff(ln_ff(x))`` on the unique rows (a full block's second half)."""
-    table = states.table + block.ff(block.ln_ff(states.table))  # (U, d)
-    return Compressed(states.ids, table)
+    table = map_rows(lambda x: x + block.ff(block.ln_ff(x)), states.table)  # (U, d)
+    return Compressed(states.ids, table, states.prefixes)
 
 
-def block_stage(block: Block, states: Compressed) -> tuple[Compressed, Tensor | None, int | None]:
-    """One block (full or half): returns the new states, and the codes and code-tuple count if quantised."""
-    mixed = attention_stage(block, states)  # (K, T, d)
+def block_stage(block: Block, states: Compressed, record_codes: bool = False) -> BlockOutput:
+    """One block (full or half) on the distinct prefixes of its input; codes per location if ``record_codes``."""
     quantizer = _quantizer(block)
     codes, n_tuples = None, None
-    if quantizer is None:
-        states = dense_residual_stage(block, states, mixed)
-    else:
-        states, codes, n_tuples = quantized_residual_stage(block, quantizer, states, mixed)
+    qkv = qkv_stage(block, states)  # (3, H, U, e)
+    with _intra_op_threads(SMALL_OP_THREADS):
+        prefixes = block_prefixes(states)
+        if quantizer is None:
+            states = dense_residual_stage(block, states, prefixes, qkv)
+        else:
+            states, row_codes, n_tuples = quantized_residual_stage(block, quantizer, states, prefixes, qkv)
+            codes = row_codes[prefixes.rows] if record_codes else None  # (K, T, H)
+    del qkv
     if block.ff is not None and block.ln_ff is not None:
         states = feed_forward_stage(block, states)
-    return states, codes, n_tuples
+    return BlockOutput(states, prefixes, codes, n_tuples)
 
 
 def output_stage(model: AutoregressiveTransformer, states: Compressed, tokens: Tensor) -> Tensor:
     """Head on the unique rows, then per sequence the masked normalisation -> ``log P (K,)``."""
-    logits = model.head(model.ln_f(states.table))[states.ids]  # (U, vocab) -> (K, T, vocab)
+    logits = map_rows(lambda x: model.head(model.ln_f(x)), states.table)[states.ids]  # (U, V) -> (K, T, V)
     log_probs = model.masked_log_softmax(logits, model.n_down_before(tokens))  # (K, T, vocab)
     return log_probs.gather(-1, tokens[..., None]).squeeze(-1).sum(dim=-1)  # (K,)
 
@@ -184,8 +304,8 @@ class _BlockStage(nn.Module):
             self.add_module(name, child)
         object.__setattr__(self, "block", block)  # plain attribute: not a second registration
 
-    def forward(self, states: Compressed) -> tuple[Compressed, Tensor | None, int | None]:
-        return block_stage(self.block, states)
+    def forward(self, states: Compressed, record_codes: bool = False) -> BlockOutput:
+        return block_stage(self.block, states, record_codes)
 
 
 class DedupEngine(nn.Module):
@@ -217,10 +337,21 @@ class DedupEngine(nn.Module):
         codes_per_block: list[Tensor] = []
         named = [*((f"block{i}", stage) for i, stage in enumerate(self.blocks)), ("final", self.final_block)]
         for name, stage in named:
-            states, codes, n_tuples = stage(states)
-            stats.append(LayerStats(name, codes is not None, states.n_unique, locations, n_tuples))
-            if record_codes and codes is not None:
-                codes_per_block.append(codes)
+            out = stage(states, record_codes)
+            states = out.states
+            stats.append(
+                LayerStats(
+                    name,
+                    out.n_tuples is not None,
+                    states.n_unique,
+                    locations,
+                    out.n_tuples,
+                    out.prefixes.n_rows,
+                    out.prefixes.per_position,
+                )
+            )
+            if out.codes is not None:
+                codes_per_block.append(out.codes)
         log_prob = output_stage(model, states, tokens)
         return DedupResult(log_prob, stats, codes_per_block)
 

@@ -84,6 +84,28 @@ class TransformerConfig:
         return cls(lattice_shape, patch, d_model=256, n_heads=8, n_blocks=3, n_down=n_down)
 
 
+def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal softmax attention of one head-major batch: ``q (..., Tq, e)``, ``k, v (..., Tk, e)`` -> ``(..., Tq, e)``.
+
+    The queries are the LAST ``Tq`` of the ``Tk`` positions; query j (absolute position ``Tk - Tq + j``)
+    sees the keys up to and including its own position. Shared by the dense forward
+    (:meth:`CausalSelfAttention.attend`, batch = (sequence, head)) and the dedup engine (batch = (head,
+    representative sequence), queries = the positions whose prefixes it represents), so that both run the
+    same arithmetic.
+    """
+    t_q, t_k = q.shape[-2], k.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (..., Tq, Tk)
+    # Every row keeps its own position, so the -inf fill never leaves a row without a finite score.
+    q_pos = torch.arange(t_k - t_q, t_k, device=q.device)
+    future = torch.arange(t_k, device=q.device)[None, :] > q_pos[:, None]  # (Tq, Tk)
+    scores = scores.masked_fill(future, float("-inf"))
+    # Softmax over the keys with the keys moved to the front: a reduction over the leading dim of a
+    # contiguous tensor vectorises over everything else, while one over a last dim of a few keys
+    # (T = 4..16 here) runs nearly scalar. The weights stay a strided view, which the matmul reads as is.
+    weights = scores.movedim(-1, 0).contiguous().softmax(dim=0).movedim(0, -1)  # (..., Tq, Tk)
+    return weights @ v  # (..., Tq, e)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with explicit matmuls (so CPU FLOP counters see them).
 
@@ -110,14 +132,7 @@ class CausalSelfAttention(nn.Module):
         Returns the per-head outputs concatenated, ``(B, Tq, d)``, before any quantiser or ``W_O``.
         """
         q, k, v = (rearrange(x, "b t (h e) -> b h t e", h=self.n_heads) for x in (q, k, v))
-        t_q, t_k = q.shape[-2], k.shape[-2]
-        scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, Tq, Tk)
-        # Query j sits at absolute position t_k - t_q + j and may look at keys up to and including it;
-        # every row keeps its own position, so the -inf fill never leaves a row without a finite score.
-        q_pos = torch.arange(t_k - t_q, t_k, device=q.device)
-        future = torch.arange(t_k, device=q.device)[None, :] > q_pos[:, None]  # (Tq, Tk)
-        weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
-        return rearrange(weights @ v, "b h t e -> b t (h e)")
+        return rearrange(causal_attention(q, k, v), "b h t e -> b t (h e)")
 
     def forward(self, x: Tensor, cache: KVCache | None = None) -> tuple[Tensor, KVCache]:
         """``x (B, T, d)`` (already LayerNormed) -> ``(B, T, d)`` to add to the residual, and the updated cache.

@@ -1,0 +1,41 @@
+"""FLOP and wall-clock measurement of the local energy, dense vs dedup (the ``profile`` stage).
+
+- :mod:`vqnqs.profiling.flops`: FLOPs by component with ``FlopCounterMode``, quantised-ops set, savings;
+- :mod:`vqnqs.profiling.timing`: median wall-clock of both paths on the same batch;
+- :mod:`vqnqs.profiling.scaling`: :func:`fit_power_law` (cost vs N);
+- :mod:`vqnqs.profiling.untrained`: paper-shape VQ models with a data-initialised codebook (benchmarks);
+- :mod:`vqnqs.profiling.stage`: the ``vqnqs profile`` stage (CSV tables).
+
+Only :func:`fit_power_law` is imported eagerly (numpy only); the rest load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from vqnqs.profiling.scaling import fit_power_law
+
+_LAZY = {
+    "COMPONENTS": "flops",
+    "FlopProfile": "flops",
+    "count_flops": "flops",
+    "local_energy_flops": "flops",
+    "profile_flops": "flops",
+    "quantized_cells": "flops",
+    "savings": "flops",
+    "Timing": "timing",
+    "time_local_energy": "timing",
+    "ProfileConfig": "stage",
+    "ProfileInputError": "stage",
+    "run_profile_stage": "stage",
+    "untrained_vq_model": "untrained",
+}
+
+__all__ = ["fit_power_law", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"vqnqs.profiling.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'vqnqs.profiling' has no attribute {name!r}")

@@ -1,0 +1,411 @@
+"""The final stage: ``results/report.md`` with Table 1, figures (seaborn PNG) and the CSVs behind them.
+
+Inputs, per run key of ``params.yaml`` (``systems``) and bandwidth (``distill.bits``)::
+
+    data/reference/<run>.json                      reference energy
+    data/train/<run>/{metrics.json,history.csv}    baseline VMC
+    data/distill/<run>/bits<B>/metrics.json         VQ-NQS student
+    data/profile/<run>/bits<B>.csv                  Table-1 rows (baseline + student), DESIGN.md columns
+    data/profile/<run>/bits<B>_components.csv       FLOPs per sample by component
+
+Outputs in ``--out-dir`` (default ``results``): ``report.md``, ``figures/*.png`` and, beside every
+figure, the CSV it was drawn from (``figures/<name>.csv``). Everything is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")  # headless: the report is rendered on servers and in CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from vqnqs.io import atomic_open, ensure_writable_dir  # noqa: E402
+from vqnqs.profiling import fit_power_law  # noqa: E402
+
+PAPER_TABLE_PATH = Path("data/reference/paper_table1.csv")
+
+
+class ReportInputError(ValueError):
+    """A stage output the report needs is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """Where every input of the report lives, derived from params."""
+
+    data_dir: Path
+    runs: tuple[str, ...]
+    bits: tuple[int, ...]
+
+    def reference(self, run: str) -> Path:
+        return self.data_dir / "reference" / f"{run}.json"
+
+    def train_dir(self, run: str) -> Path:
+        return self.data_dir / "train" / run
+
+    def distill_dir(self, run: str, bits: int) -> Path:
+        return self.data_dir / "distill" / run / f"bits{bits}"
+
+    def profile(self, run: str, bits: int) -> Path:
+        return self.data_dir / "profile" / run / f"bits{bits}.csv"
+
+    def components(self, run: str, bits: int) -> Path:
+        return self.data_dir / "profile" / run / f"bits{bits}_components.csv"
+
+    def all_files(self) -> list[Path]:
+        files = []
+        for run in self.runs:
+            files += [self.reference(run), self.train_dir(run) / "metrics.json", self.train_dir(run) / "history.csv"]
+            for bits in self.bits:
+                files += [
+                    self.distill_dir(run, bits) / "metrics.json",
+                    self.profile(run, bits),
+                    self.components(run, bits),
+                ]
+        return files
+
+    def check(self) -> None:
+        """Fail before any work, naming the first missing file."""
+        for path in self.all_files():
+            if not path.is_file():
+                raise ReportInputError(f"{path}: missing (run the stages before the report)")
+
+
+def inputs_from_params(params: dict, data_dir: str | Path = "data") -> ReportInputs:
+    return ReportInputs(Path(data_dir), tuple(params["systems"]), tuple(int(b) for b in params["bits"]))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ReportInputError(f"{path}: not a readable JSON file ({err})") from err
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ReportInputError(f"{path}: not a readable CSV file ({err})") from err
+
+
+# --- tables ---------------------------------------------------------------------------------------
+
+
+def collect_tables(inputs: ReportInputs, params: dict) -> dict[str, pd.DataFrame]:
+    """Every table the report draws from, one DataFrame each."""
+    table1, components, curves, references = [], [], [], []
+    for run in inputs.runs:
+        system = params["systems"][run]
+        reference = _read_json(inputs.reference(run))
+        references.append(
+            {
+                "run": run,
+                "system": system["system"],
+                "size": system["size"],
+                "reference_per_site": reference["energy_per_site"],
+                "method": reference["method"],
+                "source": reference["source"],
+            }
+        )
+        history = _read_csv(inputs.train_dir(run) / "history.csv").assign(run=run)
+        curves.append(history)
+        for bits in inputs.bits:
+            rows = _read_csv(inputs.profile(run, bits)).assign(run=run)
+            student = _read_json(inputs.distill_dir(run, bits) / "metrics.json")
+            rows["distill_rel_error"] = student.get("rel_error", math.nan)
+            table1.append(rows)
+            components.append(_read_csv(inputs.components(run, bits)).assign(run=run))
+    table1_df = pd.concat(table1, ignore_index=True)
+    # The baseline appears once per bandwidth's profile: keep one row per (run, model, bits).
+    table1_df = table1_df.drop_duplicates(subset=["run", "model", "bits"]).reset_index(drop=True)
+    table1_df["speedup_time"] = table1_df["time_dense_s"] / table1_df["time_dedup_s"]
+    return {
+        "table1": table1_df,
+        "components": pd.concat(components, ignore_index=True).drop_duplicates(),
+        "curves": pd.concat(curves, ignore_index=True),
+        "references": pd.DataFrame(references),
+    }
+
+
+def paper_numbers(path: Path = PAPER_TABLE_PATH) -> pd.DataFrame:
+    """The paper's Table 1 entries we hold (``data/reference/paper_table1.csv``); empty if absent."""
+    if not path.is_file():
+        return pd.DataFrame(columns=["system", "size", "model", "bits"])
+    return pd.read_csv(path, comment="#")
+
+
+def table1_with_paper(table1: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
+    keys = ["system", "size", "model", "bits"]
+    ours = table1.copy()
+    ours["size"] = ours["size"].astype(str)
+    theirs = paper.copy()
+    theirs["size"] = theirs["size"].astype(str)
+    theirs = theirs.rename(columns={c: f"paper_{c}" for c in theirs.columns if c not in keys})
+    return ours.merge(theirs, on=keys, how="left")
+
+
+def scaling_fits(components: pd.DataFrame) -> pd.DataFrame:
+    """Power-law exponents of FLOPs per sample vs N, per model, bits, path and component (TFIM runs).
+
+    The ``total`` component sums all components of a (run, model, bits).
+    """
+    tfim = components[components["system"] == "tfim"]
+    if tfim.empty or tfim["n_sites"].nunique() < 2:
+        return pd.DataFrame(columns=["model", "bits", "component", "path", "exponent", "prefactor", "sizes"])
+    totals = (
+        tfim.groupby(["run", "n_sites", "model", "bits"], as_index=False)[
+            ["flops_dense_per_sample", "flops_dedup_per_sample"]
+        ]
+        .sum()
+        .assign(component="total")
+    )
+    frame = pd.concat([tfim, totals], ignore_index=True)
+    rows = []
+    for (model, bits, component), group in frame.groupby(["model", "bits", "component"]):
+        group = group.sort_values("n_sites")
+        for path in ("dense", "dedup"):
+            values = group[f"flops_{path}_per_sample"].to_numpy(dtype=float)
+            if group["n_sites"].nunique() < 2 or np.any(values <= 0):
+                continue
+            exponent, prefactor = fit_power_law(group["n_sites"].to_numpy(dtype=float), values)
+            rows.append(
+                {
+                    "model": model,
+                    "bits": bits,
+                    "component": component,
+                    "path": path,
+                    "exponent": exponent,
+                    "prefactor": prefactor,
+                    "sizes": " ".join(str(n) for n in sorted(group["n_sites"].unique())),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+# --- figures --------------------------------------------------------------------------------------
+
+# Per-location components are the ones the dedup engine shrinks to unique rows; the others stay per sequence.
+COMPONENT_GROUPS = {
+    "embedding": "per-location ops",
+    "layernorm": "per-location ops",
+    "qkv_proj": "per-location ops",
+    "out_proj": "per-location ops",
+    "feed_forward": "per-location ops",
+    "residual": "per-location ops",
+    "head": "per-location ops",
+    "attention": "attention",
+    "quantizer_distances": "quantiser distances",
+}
+
+
+def _log_ticks(ax: plt.Axes, ticks, axis: str = "x") -> None:
+    """Log axis labelled at the data's own values (bits, N), without 6x10^0-style minor labels."""
+    ticks = sorted(set(ticks))
+    getattr(ax, f"set_{axis}scale")("log")
+    getattr(ax, f"set_{axis}ticks")(ticks, labels=[str(t) for t in ticks])
+    getattr(ax, f"{axis}axis").set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
+def _save_figure(fig: plt.Figure, data: pd.DataFrame, figures: Path, name: str) -> str:
+    with atomic_open(figures / f"{name}.png", "wb") as handle:
+        fig.savefig(handle, format="png", dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    with atomic_open(figures / f"{name}.csv") as handle:
+        data.to_csv(handle, index=False)
+    return f"figures/{name}.png"
+
+
+def figure_convergence(curves: pd.DataFrame, figures: Path) -> str:
+    """Relative error per step (faint) and its running median over ~2% of the run (solid)."""
+    data = curves[["run", "step", "rel_error"]].dropna().sort_values(["run", "step"])
+    window = max(1, int(data.groupby("run")["step"].count().max()) // 50)
+    data["running_median"] = data.groupby("run")["rel_error"].transform(
+        lambda errors: errors.rolling(window, min_periods=1).median()
+    )
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.lineplot(data=data, x="step", y="rel_error", hue="run", alpha=0.25, lw=0.8, legend=False, ax=ax)
+    sns.lineplot(data=data, x="step", y="running_median", hue="run", ax=ax)
+    ax.set(yscale="log", xlabel="VMC step", ylabel="relative error of E/N", title="Baseline VMC convergence")
+    return _save_figure(fig, data, figures, "vmc_convergence")
+
+
+def figure_distillation(table1: pd.DataFrame, figures: Path) -> str:
+    data = table1[table1["model"] != "baseline"][["run", "bits", "rel_error"]]
+    baseline = table1[table1["model"] == "baseline"][["run", "rel_error"]]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.lineplot(data=data, x="bits", y="rel_error", hue="run", marker="o", ax=ax)
+    for color, (_, row) in zip(sns.color_palette(), baseline.iterrows(), strict=False):
+        ax.axhline(row["rel_error"], ls="--", lw=1, color=color)
+    ax.set(
+        yscale="log",
+        xlabel="bandwidth (bits per location)",
+        ylabel="relative error of E/N",
+        title="VQ-NQS students vs bandwidth (dashed: baseline teacher)",
+    )
+    _log_ticks(ax, data["bits"])
+    return _save_figure(fig, data, figures, "distillation_error")
+
+
+def figure_savings(table1: pd.DataFrame, figures: Path) -> str:
+    students = table1[table1["model"] != "baseline"]
+    data = students.melt(
+        id_vars=["run", "bits"],
+        value_vars=["total_savings", "quantized_ops_savings", "speedup_time"],
+        var_name="measure",
+        value_name="factor",
+    )
+    names = {
+        "total_savings": "FLOPs, total",
+        "quantized_ops_savings": "FLOPs, quantised ops",
+        "speedup_time": "wall-clock",
+    }
+    data["measure"] = data["measure"].map(names)
+    grid = sns.relplot(data=data, x="bits", y="factor", hue="run", col="measure", kind="line", marker="o", height=3.3)
+    grid.set(yscale="log", xlabel="bits")
+    for ax in grid.axes.flat:
+        _log_ticks(ax, data["bits"])
+    grid.set_titles("{col_name}")
+    grid.set_ylabels("dense / dedup")
+    grid.figure.suptitle("Local-energy savings of reuse vs bandwidth", y=1.03)
+    return _save_figure(grid.figure, data, figures, "savings_vs_bits")
+
+
+def figure_scaling(components: pd.DataFrame, fits: pd.DataFrame, figures: Path) -> str | None:
+    """FLOPs per sample vs N (log-log) for the smallest-bandwidth student: total, per-location ops,
+    attention and quantiser distances, dense (solid) vs dedup (dashed)."""
+    tfim = components[(components["system"] == "tfim") & (components["model"] != "baseline")]
+    if tfim["n_sites"].nunique() < 2:
+        return None
+    smallest_bits = tfim["bits"].min()
+    tfim = tfim[tfim["bits"] == smallest_bits].assign(group=lambda f: f["component"].map(COMPONENT_GROUPS))
+    per_group = tfim.dropna(subset=["group"]).groupby(["n_sites", "group"], as_index=False)[
+        ["flops_dense_per_sample", "flops_dedup_per_sample"]
+    ].sum()
+    total = tfim.groupby("n_sites", as_index=False)[["flops_dense_per_sample", "flops_dedup_per_sample"]].sum()
+    frame = pd.concat([per_group, total.assign(group="total")], ignore_index=True)
+    data = frame.melt(
+        id_vars=["n_sites", "group"],
+        value_vars=["flops_dense_per_sample", "flops_dedup_per_sample"],
+        var_name="path",
+        value_name="flops_per_sample",
+    )
+    data["path"] = data["path"].str.extract(r"flops_(\w+)_per_sample", expand=False)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sns.lineplot(data=data, x="n_sites", y="flops_per_sample", hue="group", style="path", marker="o", ax=ax)
+    ax.set(yscale="log", xlabel="N (spins)", ylabel="local-energy FLOPs per sample")
+    _log_ticks(ax, data["n_sites"])
+    fitted = fits[(fits["bits"] == smallest_bits) & (fits["component"] == "total") & (fits["model"] != "baseline")]
+    label = ", ".join(f"{row.path} N^{row.exponent:.2f}" for row in fitted.itertuples())
+    ax.set_title(f"TFIM local-energy cost, VQ-NQS {smallest_bits} bits (total: {label})")
+    ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left")
+    return _save_figure(fig, data, figures, "tfim_scaling")
+
+
+# --- markdown -------------------------------------------------------------------------------------
+
+
+def _markdown_table(frame: pd.DataFrame, floatfmt: str = ".3g") -> str:
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "" if math.isnan(value) else format(value, floatfmt)
+        return str(value)
+
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+TABLE1_COLUMNS = [
+    "system",
+    "size",
+    "model",
+    "bits",
+    "energy_per_site",
+    "rel_error",
+    "paper_rel_error",
+    "flops_dense",
+    "flops_dedup",
+    "total_savings",
+    "paper_total_savings",
+    "quantized_ops_savings",
+    "paper_quantized_ops_savings",
+    "time_dense_s",
+    "time_dedup_s",
+    "speedup_time",
+]
+
+
+def write_report(params: dict, inputs: ReportInputs, out_dir: str | Path) -> Path:
+    """Build every table and figure and write ``report.md``; returns its path."""
+    inputs.check()
+    out_dir = ensure_writable_dir(out_dir)
+    figures = ensure_writable_dir(out_dir / "figures")
+    tables = collect_tables(inputs, params)
+    table1 = table1_with_paper(tables["table1"], paper_numbers())
+    for column in TABLE1_COLUMNS:
+        if column not in table1:
+            table1[column] = math.nan
+    fits = scaling_fits(tables["components"])
+
+    with atomic_open(out_dir / "table1.csv") as handle:
+        table1[TABLE1_COLUMNS].to_csv(handle, index=False)
+    with atomic_open(out_dir / "tfim_scaling_fits.csv") as handle:
+        fits.to_csv(handle, index=False)
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    pictures = {
+        "VMC convergence of the baseline": figure_convergence(tables["curves"], figures),
+        "Distillation error vs bandwidth": figure_distillation(table1, figures),
+        "FLOP savings and wall-clock speedup vs bandwidth": figure_savings(table1, figures),
+    }
+    scaling = figure_scaling(tables["components"], fits, figures)
+    if scaling:
+        pictures["TFIM local-energy cost vs N"] = scaling
+
+    lines = [
+        "# vqnqs report",
+        "",
+        f"Runs: {', '.join(inputs.runs)}; bandwidths: {', '.join(str(b) for b in inputs.bits)} bits.",
+        "",
+        "## References",
+        "",
+        _markdown_table(tables["references"], ".10f"),
+        "",
+        "## Table 1: energies and local-energy cost (ours beside the paper's where we hold its numbers)",
+        "",
+        "FLOPs are those of the local energy of a batch of samples (all connected configurations), dense "
+        "forward vs the dedup engine; `total_savings` = dense / dedup FLOPs of the whole network, "
+        "`quantized_ops_savings` the same ratio over the ops whose inputs are quantised; `speedup_time` = "
+        "dense / dedup wall-clock. Columns `paper_*` are the paper's values where known (blank otherwise).",
+        "",
+        _markdown_table(table1[TABLE1_COLUMNS]),
+        "",
+    ]
+    if not fits.empty:
+        lines += [
+            "## TFIM scaling: fitted exponents of local-energy FLOPs per sample, a N^b",
+            "",
+            _markdown_table(fits[fits["component"] == "total"], ".3f"),
+            "",
+            "Per component: `tfim_scaling_fits.csv`.",
+            "",
+        ]
+    lines += ["## Figures", ""]
+    for title, path in pictures.items():
+        lines += [f"### {title}", "", f"![{title}]({path})", "", f"Data: `{path.removesuffix('.png')}.csv`", ""]
+    report = out_dir / "report.md"
+    with atomic_open(report) as handle:
+        handle.write("\n".join(lines))
+    return report

@@ -1,0 +1,188 @@
+"""MLflow tracking: one run per stage invocation, with params, per-step metrics and artifacts.
+
+- Store: ``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<repo root>/mlflow.db`` (repo root: the nearest
+  directory above the working directory holding ``.git``; else the working directory). With that default
+  store, artifacts go to ``<repo root>/mlruns/<experiment>/``.
+- Experiment: the params file's ``experiment`` key, else ``vqnqs-default``.
+- Run tags: ``stage``, ``system``, ``size``, ``bits`` (where given), ``git_commit`` (where git answers),
+  ``params_hash`` (sha256 of the canonical JSON of the params the stage used).
+- Per-step metrics are buffered and sent with ``log_batch`` (at most 1000 per call, MLflow's limit), so a
+  long run writes to SQLite every few hundred steps rather than at every step.
+
+Concurrent stages (``snakemake --cores N``) share one SQLite file. SQLite serialises single writes, but
+MLflow's first use of a fresh file runs schema migrations and get-or-create of the experiment, which race
+between processes; so every access to a SQLite store here holds an exclusive ``flock`` on
+``<store>.lock`` (:func:`store_lock`). The accesses are short and rare (metrics go in batches), so the
+stages hardly wait. A tracking server (``http://...``) serialises on its own and takes no lock.
+
+A store that cannot be opened is an error (:class:`TrackingError`), raised before the stage does any
+work: a run whose record silently went missing would be worse than a run that did not start.
+MLflow is imported only here and only when a run starts (it takes seconds to import).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+DEFAULT_EXPERIMENT = "vqnqs-default"
+MAX_BATCH = 1000  # metrics per log_batch call (an MLflow limit)
+MAX_PARAMS = 100  # params per log_batch call (an MLflow limit)
+
+
+class TrackingError(RuntimeError):
+    """The MLflow store cannot be opened or written."""
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """Nearest directory at or above ``start`` (default: cwd) holding ``.git``; else ``start`` itself."""
+    start = (start or Path.cwd()).resolve()
+    for directory in (start, *start.parents):
+        if (directory / ".git").exists():
+            return directory
+    return start
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Exclusive inter-process lock for a ``sqlite:///`` store (no-op for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def git_commit() -> str | None:
+    """``git rev-parse HEAD`` of the working directory, or None where there is no git or no repository."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if result.returncode != 0:
+        return None
+    return result.stdout.strip() or None
+
+
+def params_hash(params: Any) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces) of ``params``."""
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _flatten(mapping: dict, prefix: str = "") -> dict[str, str]:
+    """Nested params -> ``{"a.b": "value"}`` strings, the form MLflow stores."""
+    flat: dict[str, str] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    return flat
+
+
+def _quiet_mlflow() -> None:
+    """MLflow and its database migrations log INFO lines on stderr; keep warnings and errors only.
+
+    Called after importing mlflow: the import itself sets the level of the ``mlflow`` logger.
+    """
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class Run:
+    """An open MLflow run. Use as a context manager: the run ends FINISHED, or FAILED / KILLED on an exception."""
+
+    def __init__(self, stage: str, params: dict, tags: dict[str, Any], experiment: str | None = None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        _quiet_mlflow()
+
+        self.uri = tracking_uri()
+        self.experiment = experiment or DEFAULT_EXPERIMENT
+        self._pending: list = []
+        try:
+            with store_lock(self.uri):
+                self._client = MlflowClient(tracking_uri=self.uri)
+                self.run_id = self._create_run(stage, params, tags)
+        except Exception as err:
+            raise TrackingError(f"MLflow tracking store {self.uri}: cannot open or write ({err})") from err
+
+    def _create_run(self, stage: str, params: dict, tags: dict[str, Any]) -> str:
+        """Get or create the experiment, create the run, log its params; returns the run id."""
+        from mlflow.entities import Param
+
+        found = self._client.get_experiment_by_name(self.experiment)
+        if found is None:
+            artifacts = None
+            if "MLFLOW_TRACKING_URI" not in os.environ:
+                artifacts = (repo_root() / "mlruns" / self.experiment).as_uri()
+            experiment_id = self._client.create_experiment(self.experiment, artifact_location=artifacts)
+        else:
+            experiment_id = found.experiment_id
+        all_tags = {"stage": stage, "git_commit": git_commit(), "params_hash": params_hash(params), **tags}
+        all_tags = {key: str(value) for key, value in all_tags.items() if value is not None}
+        run_id = self._client.create_run(experiment_id, tags=all_tags, run_name=stage).info.run_id
+        flat = [Param(key, value) for key, value in _flatten(params).items()]
+        for start in range(0, len(flat), MAX_PARAMS):
+            self._client.log_batch(run_id, params=flat[start : start + MAX_PARAMS])
+        return run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Queue metrics (NaN and None are skipped); they are sent by :meth:`flush` or when the queue is full."""
+        from mlflow.entities import Metric
+
+        timestamp = int(time.time() * 1000)
+        for key, value in metrics.items():
+            if value is not None and value == value:
+                self._pending.append(Metric(key, float(value), timestamp, step or 0))
+        if len(self._pending) >= MAX_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        try:
+            with store_lock(self.uri):
+                while self._pending:
+                    batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                    self._client.log_batch(self.run_id, metrics=batch)
+        except Exception as err:
+            raise TrackingError(f"MLflow tracking store {self.uri}: cannot log metrics ({err})") from err
+
+    def log_artifact(self, path: str | os.PathLike) -> None:
+        try:
+            with store_lock(self.uri):
+                self._client.log_artifact(self.run_id, str(path))
+        except Exception as err:
+            raise TrackingError(f"MLflow run {self.run_id}: cannot store artifact {path} ({err})") from err
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, traceback: TracebackType | None) -> None:
+        status = "FINISHED" if kind is None else "KILLED" if issubclass(kind, KeyboardInterrupt) else "FAILED"
+        try:
+            self.flush()  # the curve up to the failure is worth keeping
+        finally:
+            with store_lock(self.uri):
+                self._client.set_terminated(self.run_id, status=status)

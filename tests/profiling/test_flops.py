@@ -1,0 +1,246 @@
+"""FLOP counts pinned to hand-derived formulas; attribution, savings and the power-law fit.
+
+Formulas (``FlopCounterMode``: ``2*M*K*N`` per matrix product), for K configurations of T tokens,
+width d, feed-forward width f, vocabulary V, Q codes (any number of heads), one full block + the
+attention-only half-block:
+
+    per location   block0: qkv 6d^2, quantiser distances 2Qd, W_O 2d^2, ff 4df;  final: qkv 6d^2, W_O 2d^2;
+                   head 2dV
+    per sequence   attention 2*T*T*d (q.k) + 2*T*T*d (weights.v) in each of the 2 blocks
+
+The dedup path runs block0's qkv on the U_embed distinct (position, token) rows, block0's W_O on the
+distinct code tuples, block0's ff and the final block's qkv on the U_block0 distinct keyed rows; attention,
+distances, the final W_O and the head stay per location (U_final = K*T).
+"""
+
+import math
+
+import pytest
+import torch
+
+from tests.profiling.conftest import tiny_baseline, tiny_vq
+from vqnqs.dedup import dedup_log_prob
+from vqnqs.physics.hamiltonian import Heisenberg
+from vqnqs.physics.lattice import Lattice
+from vqnqs.profiling import fit_power_law
+from vqnqs.profiling.flops import (
+    COMPONENTS,
+    classify,
+    connected_configs,
+    exclusive_counts,
+    local_energy_flops,
+    profile_flops,
+    quantized_cells,
+)
+
+MATMUL_COMPONENTS = {"qkv_proj", "attention", "quantizer_distances", "out_proj", "feed_forward", "head"}
+
+
+def by_component(cells: dict) -> dict[str, int]:
+    from vqnqs.profiling.flops import COMPONENT_OF_GROUP
+
+    out = dict.fromkeys(COMPONENTS, 0)
+    for (_, group), flops in cells.items():
+        out[COMPONENT_OF_GROUP[group]] += flops
+    return out
+
+
+def test_matmul_flops_of_a_one_block_vq_model_match_the_formula(tfim8):
+    model = tiny_vq(n_blocks=1, heads=2, codes=4, seed=0)
+    d, f, q, vocab, t = 8, 12, 4, 4, 4
+    s = model.sample(6, generator=torch.Generator().manual_seed(1))
+    configs = connected_configs(tfim8, s)
+    k = configs.shape[0]
+    assert k == 6 * 9  # TFIM: the sample and its 8 single flips, all valid at Gamma != 0
+    stats = {stat.layer: stat for stat in dedup_log_prob(model, configs).stats}
+    u_embed, u_block0, tuples = stats["embed"].unique_rows, stats["block0"].unique_rows, stats["block0"].code_tuples
+    kt = k * t
+    assert 1 < u_embed < u_block0 < kt and 1 < tuples <= q * q  # a non-trivial test: reuse, but not total
+
+    dense = by_component(local_energy_flops(tfim8, model, s, dedup=False, elementwise=False))
+    assert dense == {
+        **dict.fromkeys(COMPONENTS, 0),
+        "qkv_proj": 2 * 6 * d * d * kt,
+        "attention": 2 * 4 * t * t * d * k,
+        "quantizer_distances": 2 * q * d * kt,
+        "out_proj": 2 * 2 * d * d * kt,
+        "feed_forward": 4 * d * f * kt,
+        "head": 2 * d * vocab * kt,
+    }
+    dedup = by_component(local_energy_flops(tfim8, model, s, dedup=True, elementwise=False))
+    assert dedup == {
+        **dict.fromkeys(COMPONENTS, 0),
+        "qkv_proj": 6 * d * d * (u_embed + u_block0),
+        "attention": 2 * 4 * t * t * d * k,
+        "quantizer_distances": 2 * q * d * kt,
+        "out_proj": 2 * d * d * (tuples + kt),
+        "feed_forward": 4 * d * f * u_block0,
+        "head": 2 * d * vocab * kt,
+    }
+
+
+def test_elementwise_costs_layer_norm_and_embedding(tfim8):
+    model = tiny_vq(n_blocks=1, seed=3)
+    s = model.sample(4, generator=torch.Generator().manual_seed(2))
+    configs = connected_configs(tfim8, s)
+    kt, d = configs.shape[0] * 4, 8
+    u_embed = dedup_log_prob(model, configs).stats[0].unique_rows
+    dense = local_energy_flops(tfim8, model, s, dedup=False)
+    dedup = local_energy_flops(tfim8, model, s, dedup=True)
+    assert dense[("block0", "ln_attn")] == 7 * kt * d  # LayerNorm: 7 per element
+    assert dedup[("block0", "ln_attn")] == 7 * u_embed * d
+    assert dense[("embed", "embedding")] == kt * d  # token + position: one add per element
+    assert dedup[("embed", "embedding")] == u_embed * d
+    assert dense[("output", "output")] == dedup[("output", "output")] == 4 * kt * 4  # log_softmax over V = 4
+    # The matmul part is unchanged by adding the elementwise ops.
+    matmul = local_energy_flops(tfim8, model, s, dedup=True, elementwise=False)
+    assert matmul[("block0", "qkv_proj")] == dedup[("block0", "qkv_proj")]
+
+
+def test_attention_and_quantizer_distances_are_counted_on_cpu(tfim8):
+    model = tiny_vq(n_blocks=2, seed=4)
+    assert model.device.type == "cpu"
+    s = model.sample(3, generator=torch.Generator().manual_seed(0))
+    for dedup in (False, True):
+        cells = local_energy_flops(tfim8, model, s, dedup=dedup, elementwise=False)
+        for layer in ("block0", "block1", "final"):
+            assert cells.get((layer, "attention"), 0) > 0, (dedup, layer)
+        for layer in ("block0", "block1"):
+            assert cells.get((layer, "quantizer"), 0) > 0, (dedup, layer)
+        assert ("final", "quantizer") not in cells  # the half-block has no quantiser
+
+
+def test_baseline_through_the_engine_saves_only_the_embedding_keyed_first_projection(tfim8):
+    model = tiny_baseline(n_blocks=2, seed=5)
+    profile = profile_flops(tfim8, model, batch=8, n_batches=2, seed=0)
+    reduced = {("embed", "embedding"), ("block0", "ln_attn"), ("block0", "qkv_proj")}
+    assert set(profile.dense) == set(profile.dedup)
+    for cell, dense in profile.dense.items():
+        if cell in reduced:
+            assert profile.dedup[cell] < dense, cell
+        else:
+            assert profile.dedup[cell] == pytest.approx(dense, rel=1e-12), cell
+    assert 1.0 < profile.total_savings < 1.25
+    assert quantized_cells(model) == reduced
+    fractions = profile.unique_fraction()
+    assert fractions["embed"] < 1 and all(fractions[name] == 1 for name in ("block0", "block1", "final"))
+
+
+def test_a_single_code_makes_every_quantised_row_a_function_of_position_and_token(tfim8):
+    model = tiny_vq(n_blocks=2, heads=1, codes=1, seed=6)
+    profile = profile_flops(tfim8, model, batch=16, n_batches=1, seed=1)
+    fractions = profile.unique_fraction()
+    assert fractions["block0"] == fractions["block1"] == fractions["embed"] < 0.05
+    assert profile.code_tuples == {"block0": 1, "block1": 1}
+    assert profile.quantized_ops_savings == pytest.approx(1 / fractions["embed"], rel=0.2)
+    assert profile.quantized_ops_savings > 20
+    assert profile.total_savings > 2
+    by_component = profile.by_component()
+    assert by_component["attention"][0] == by_component["attention"][1]  # never deduplicated
+    assert by_component["head"][0] == by_component["head"][1]
+
+
+def test_vq_savings_are_the_flop_ratios(tfim8):
+    model = tiny_vq(n_blocks=2, seed=7)
+    profile = profile_flops(tfim8, model, batch=8, n_batches=2)
+    dense = sum(profile.dense.values())
+    dedup = sum(profile.dedup.values())
+    assert profile.total_savings == pytest.approx(dense / dedup)
+    quantized = quantized_cells(model)
+    assert ("block1", "feed_forward") in quantized and ("final", "qkv_proj") in quantized
+    assert ("final", "out_proj") not in quantized and ("block0", "attention") not in quantized
+    q_dense = sum(v for c, v in profile.dense.items() if c in quantized)
+    q_dedup = sum(v for c, v in profile.dedup.items() if c in quantized)
+    assert profile.quantized_ops_savings == pytest.approx(q_dense / q_dedup)
+    assert profile.quantized_ops_savings > profile.total_savings > 1
+    components = profile.by_component()
+    assert list(components) == list(COMPONENTS)
+    assert sum(v[0] for v in components.values()) == pytest.approx(dense)
+    assert profile.n_configs == 2 * 8 * 9 and profile.configs_per_sample == 9
+
+
+def test_exclusive_counts_subtract_the_innermost_children():
+    inclusive = {
+        "Global": {"mm": 10},
+        "Root": {"mm": 8},
+        "Root.a": {"mm": 3},
+        "Root.a.b": {"mm": 1},
+        "Root.c.d": {"mm": 2},  # its parent Root.c never ran an op of its own
+    }
+    assert exclusive_counts(inclusive) == {
+        None: {"mm": 2},
+        "": {"mm": 3},
+        "a": {"mm": 2},
+        "a.b": {"mm": 1},
+        "c.d": {"mm": 2},
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "op", "cell"),
+    [
+        ("blocks.0.attn", "aten.bmm", ("block0", "attention")),  # dense causal mixing
+        ("blocks.0", "aten.bmm", ("block0", "attention")),  # the engine's mixing
+        ("blocks.0", "aten.add", ("block0", "residual")),
+        ("blocks.10.attn.quantizer", "aten.bmm", ("block10", "quantizer")),
+        ("final_block.attn.out_proj", "aten.addmm", ("final", "out_proj")),
+        ("blocks.1.ff.fc_in", "aten.addmm", ("block1", "feed_forward")),
+        ("head", "aten.addmm", ("output", "head")),
+        ("", "aten.add", ("embed", "embedding")),
+        (None, "aten._log_softmax", ("output", "output")),
+        (None, "aten.exp", ("local_energy", "local_energy")),
+    ],
+)
+def test_classify(path, op, cell):
+    assert classify(path, op) == cell
+
+
+def test_fit_power_law_recovers_exact_data():
+    n = [16, 24, 32, 48, 64, 384]
+    exponent, prefactor = fit_power_law(n, [3.5 * x**1.7 for x in n])
+    assert exponent == pytest.approx(1.7, rel=1e-12)
+    assert prefactor == pytest.approx(3.5, rel=1e-10)
+    exponent, prefactor = fit_power_law([10, 100], [2e3, 2e4])
+    assert (exponent, prefactor) == (pytest.approx(1.0), pytest.approx(200.0))
+    assert math.isclose(fit_power_law([2, 4, 8], [5, 5, 5])[0], 0.0, abs_tol=1e-12)
+
+
+@pytest.mark.parametrize(("n", "y"), [([1, 2], [1, -1]), ([3], [1]), ([2, 2], [1, 3]), ([1, 2], [1, 2, 3])])
+def test_fit_power_law_rejects_bad_data(n, y):
+    with pytest.raises(ValueError, match="fit_power_law"):
+        fit_power_law(n, y)
+
+
+def test_dense_samples_give_the_same_dense_flops_per_sample(tfim8):
+    heis8 = Heisenberg(Lattice((8,)))
+    model = tiny_vq(n_blocks=1, seed=8)
+    full = profile_flops(tfim8, model, batch=12, n_batches=1, seed=3, elementwise=False)
+    part = profile_flops(tfim8, model, batch=12, n_batches=1, seed=3, elementwise=False, dense_samples=2)
+    assert part.dense == full.dense  # every TFIM sample has N + 1 connections
+    assert part.dedup == full.dedup and part.n_configs == full.n_configs
+    # Heisenberg: samples differ in their number of valid connections; the dense cost per configuration does not.
+    model = tiny_vq(n_blocks=1, seed=8, n_down=4)
+    full = profile_flops(heis8, model, batch=12, n_batches=1, seed=3, elementwise=False)
+    part = profile_flops(heis8, model, batch=12, n_batches=1, seed=3, elementwise=False, dense_samples=3)
+    assert part.dense == pytest.approx(full.dense, rel=1e-12) and part.dedup == full.dedup
+    # Elementwise: only the per-call codebook norms ||W||^2 (H*Q*e products) do not scale with the samples.
+    model = tiny_vq(n_blocks=1, seed=8)
+    full = profile_flops(tfim8, model, batch=12, n_batches=1, seed=3)
+    part = profile_flops(tfim8, model, batch=12, n_batches=1, seed=3, dense_samples=2)
+    assert part.flops_dense_per_sample == pytest.approx(full.flops_dense_per_sample, rel=1e-3)
+
+
+def test_untrained_vq_model_has_data_initialised_codebooks(tfim8):
+    from vqnqs.models import VQConfig, make_vq_model
+    from vqnqs.profiling.untrained import paper_config, untrained_vq_model
+
+    kwargs = {"bits": 4, "codes": 4, "d_model": 8, "n_heads": 2, "n_blocks": 2, "patch": 2, "init_samples": 16}
+    model = untrained_vq_model(tfim8, seed=5, **kwargs)
+    again = untrained_vq_model(tfim8, seed=5, **kwargs)
+    assert not model.training and all(bool(q.initialized) for q in model.quantizers)
+    assert [q.heads for q in model.quantizers] == [2, 2] and model.config.patch == 2
+    torch.manual_seed(5)  # the same construction without the data-initialising forward
+    raw = make_vq_model(paper_config(tfim8, 8, 2, 2, patch=2), VQConfig.from_bits(4, 4))
+    for q, r, before in zip(model.quantizers, again.quantizers, raw.quantizers, strict=True):
+        assert torch.equal(q.codebook, r.codebook)  # deterministic for a seed
+        assert not torch.equal(q.codebook, before.codebook)  # fitted to data, not the random normal init

@@ -1,0 +1,94 @@
+"""params files: the schema, the profiles, and what a bad value gets (one line naming the key)."""
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vqnqs.config import ParamsError, load_params, params_schema, validate_params
+from vqnqs.profiling.stage import ProfileConfig
+from vqnqs.vmc.distill import DistillConfig
+from vqnqs.vmc.trainer import TrainConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROFILES = sorted((REPO_ROOT / "config").glob("*.yaml"))
+
+
+def test_params_yaml_is_the_default_profile():
+    assert yaml.safe_load((REPO_ROOT / "params.yaml").read_text()) == yaml.safe_load(
+        (REPO_ROOT / "config/default.yaml").read_text()
+    )
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
+def test_every_profile_validates(path):
+    params = load_params(path)
+    assert params["experiment"].endswith(path.stem)
+
+
+def test_schema_sections_mirror_the_stage_configs():
+    """The schema lists exactly the fields of each stage's config dataclass (no drift either way)."""
+    defs = params_schema()["$defs"]
+    for section, config in (("train", TrainConfig), ("distill", DistillConfig), ("profiling", ProfileConfig)):
+        assert set(defs[section]["properties"]) == {f.name for f in dataclasses.fields(config)}, section
+
+
+def default_params() -> dict:
+    return yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    "path, value, names",
+    [
+        (("systems", "heisenberg_4x4", "size"), "3x", "systems.heisenberg_4x4.size"),
+        (("systems", "tfim_16", "gamma"), float("nan"), "systems.tfim_16.gamma"),
+        (("systems", "tfim_16", "system"), "ising", "systems.tfim_16.system"),
+        (("train", "steps"), -5, "train.steps"),
+        (("train", "optimizer"), "sgd", "train.optimizer"),
+        (("train", "stepz"), 5, "train"),
+        (("distill", "lr"), 0, "distill.lr"),
+        (("profiling", "batch"), "many", "profiling.batch"),
+        (("bits",), [], "bits"),
+        (("systems", "tfim_16", "train"), {"d_model": 0}, "systems.tfim_16.train.d_model"),
+    ],
+)
+def test_bad_values_name_the_key(path, value, names):
+    params = default_params()
+    node = params
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ParamsError) as error:
+        validate_params(params)
+    assert names in str(error.value)
+
+
+def test_cli_stops_before_work_on_bad_params(tmp_path):
+    params = default_params()
+    params["train"] = {"steps": 0}
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    out = tmp_path / "ref.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "vqnqs", "reference", "--params", str(bad), "--run", "tfim_16", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "train.steps" in result.stderr
+    assert not out.exists()
+
+
+def test_snakemake_validates_with_the_same_schema():
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    params = default_params()
+    validate(params, str(REPO_ROOT / "workflow/schemas/params.schema.json"))
+    params["distill"]["steps"] = "ten"
+    with pytest.raises(WorkflowError, match="steps"):
+        validate(params, str(REPO_ROOT / "workflow/schemas/params.schema.json"))

@@ -1,0 +1,133 @@
+"""The pipeline as its users run it, on the tiny `ci` profile in a temporary copy of the repository.
+
+- `dvc repro` runs the whole DAG, is a no-op right after, and after one distillation parameter changes
+  reruns only the distill, profile and report stages;
+- interrupting `snakemake` during training (SIGINT, then SIGKILL) and rerunning resumes from the last
+  checkpoint and finishes every output.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # vqnqs, snakemake, dvc installed beside this interpreter
+
+pytestmark = pytest.mark.slow
+
+
+def copy_repository(destination: Path, profile: str = "ci") -> Path:
+    """Tracked and untracked-but-not-ignored files into a fresh git repository, with params = profile."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, files):
+        source = REPO_ROOT / name.decode()
+        if source.is_file() or source.is_symlink():
+            target = destination / name.decode()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target, follow_symlinks=False)
+    shutil.copy(destination / "config" / f"{profile}.yaml", destination / "params.yaml")
+    git(destination, "init", "-q")
+    git(destination, "add", "-A")
+    git(destination, "commit", "-qm", "copy")
+    return destination
+
+
+def git(cwd: Path, *args: str) -> None:
+    identity = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", *args], cwd=cwd, check=True, env={**os.environ, **identity})
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return copy_repository(tmp_path / "repo")
+
+
+def run(cwd: Path, *command: str) -> str:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
+def stages_run(output: str) -> set[str]:
+    """Names of the stages `dvc repro` ran (it prints "Running stage 'NAME':")."""
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+def test_dvc_repro_reruns_only_what_changed(workdir):
+    first = stages_run(run(workdir, "dvc", "repro"))
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    n_runs, n_bits = len(params["systems"]), len(params["bits"])
+    assert len(first) == 2 * n_runs + 2 * n_runs * n_bits + 1  # reference, train, distill, profile, report
+    report = (workdir / "results" / "report.md").read_text()
+    assert "Table 1" in report and (workdir / "results" / "figures" / "tfim_scaling.png").is_file()
+
+    assert stages_run(run(workdir, "dvc", "repro")) == set(), "dvc repro right after a full run must be a no-op"
+
+    params["distill"]["lr"] = params["distill"].get("lr", 3e-3) * 0.5
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    rerun = stages_run(run(workdir, "dvc", "repro"))
+    assert rerun, "a distillation parameter changed but nothing reran"
+    assert {name.split("@")[0] for name in rerun} == {"distill", "profile", "report"}
+    assert len(rerun) == 2 * n_runs * n_bits + 1
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"snakemake ended before {path} appeared"
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout} s"
+        time.sleep(0.2)
+
+
+def checkpoint_step(path: Path) -> int:
+    import torch
+
+    return int(torch.load(path, weights_only=True)["step"])
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_interrupted_training_resumes(workdir, stop):
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["train"].update(steps=400, checkpoint_every=5)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_key = next(key for key, entry in params["systems"].items() if entry["system"] == "tfim")
+    target = f"data/train/{run_key}/model.pt"
+    checkpoint = workdir / "data" / "train" / run_key / "checkpoint.pt"
+
+    snakemake = subprocess.Popen(
+        ["snakemake", "--cores", "1", target],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group, so the signal reaches the training too
+    )
+    wait_for(checkpoint, snakemake)
+    time.sleep(1.0)  # let it pass a few more checkpoints
+    os.killpg(snakemake.pid, stop)
+    snakemake.wait(timeout=120)
+    interrupted_at = checkpoint_step(checkpoint)
+    assert 0 < interrupted_at < 400
+    assert not (workdir / target).exists()
+
+    if stop == signal.SIGKILL:  # a killed snakemake leaves its lock behind
+        run(workdir, "snakemake", "--unlock")
+    run(workdir, "snakemake", "--cores", "1", target)
+    metrics = json.loads((workdir / "data" / "train" / run_key / "metrics.json").read_text())
+    assert metrics["steps"] == 400
+    log = (workdir / "logs" / "train" / f"{run_key}.log").read_text()
+    assert f"resuming from step {interrupted_at}" in log

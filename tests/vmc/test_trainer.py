@@ -1,0 +1,141 @@
+"""The training loop: exact resume, the NaN guard, config validation, outputs."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+import vqnqs.vmc.trainer as trainer_module
+from vqnqs.vmc.checkpoint import CheckpointError, load_checkpoint
+from vqnqs.vmc.trainer import METRICS_KEYS, TrainConfig, Trainer, TrainingError
+
+from .conftest import TINY, tiny_config
+
+
+def history(out_dir) -> list[dict]:
+    with (out_dir / "history.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def fail_on_call(monkeypatch, name: str, call: int, action):
+    """Replace ``trainer_module.<name>`` so that its ``call``-th use runs ``action(*args)`` instead."""
+    real = getattr(trainer_module, name)
+    count = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] == call:
+            return action(*args, **kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, name, wrapper)
+
+
+def interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("optimizer", ["sr", "adam"])
+def test_resume_continues_the_exact_trajectory(tmp_path, chain, monkeypatch, optimizer):
+    hamiltonian, reference = chain
+    config = tiny_config(optimizer=optimizer)
+    straight = Trainer(hamiltonian, config, tmp_path / "straight", reference)
+    metrics = straight.run(progress=False)
+
+    # Interrupted during step 5: steps 1-4 are checkpointed (every 2), step 5 is lost and redone.
+    fail_on_call(monkeypatch, "local_energy", 5, interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(hamiltonian, config, tmp_path / "resumed", reference).run(progress=False)
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["step"] == 4
+    monkeypatch.undo()
+    resumed = Trainer(hamiltonian, config, tmp_path / "resumed", reference)
+    resumed_metrics = resumed.run(progress=False)
+
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+    assert resumed_metrics["energy_per_site"] == metrics["energy_per_site"]  # same sampler stream at the end
+    assert resumed_metrics["steps"] == 6
+    rows, resumed_rows = history(tmp_path / "straight"), history(tmp_path / "resumed")
+    assert [r["step"] for r in resumed_rows] == [str(step) for step in range(1, 7)]
+    assert [r["energy_per_site"] for r in resumed_rows] == [r["energy_per_site"] for r in rows]
+
+
+def test_resume_refuses_other_settings(tmp_path, chain, monkeypatch):
+    hamiltonian, reference = chain
+    fail_on_call(monkeypatch, "local_energy", 3, interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(hamiltonian, tiny_config(), tmp_path, reference).run(progress=False)
+    monkeypatch.undo()
+    with pytest.raises(CheckpointError, match="lr=") as info:
+        Trainer(hamiltonian, tiny_config(lr=0.2), tmp_path, reference).run(progress=False)
+    assert "checkpoint.pt" in str(info.value)
+    # Bookkeeping settings may change; --fresh (resume=False) starts over.
+    assert Trainer(hamiltonian, tiny_config(eval_samples=32), tmp_path, reference).run(progress=False)["steps"] == 6
+    assert Trainer(hamiltonian, tiny_config(lr=0.2), tmp_path, reference).run(resume=False, progress=False)
+
+
+def nan_local_energy(hamiltonian, log_psi, s, chunk_size=None):
+    return torch.full((s.shape[0],), math.nan, dtype=torch.float64)
+
+
+def nan_log_derivatives(model, s, chunk_size=None):
+    return torch.full((s.shape[0], model.n_params), math.nan)
+
+
+@pytest.mark.parametrize(
+    "name, action, message",
+    [("local_energy", nan_local_energy, "local energies"), ("log_derivatives", nan_log_derivatives, "gradient")],
+)
+def test_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path, chain, monkeypatch, name, action, message):
+    hamiltonian, reference = chain
+    snapshot = {}
+
+    def poisoned(*args, **kwargs):
+        snapshot["bytes"] = (tmp_path / "checkpoint.pt").read_bytes()  # as written after step 2
+        return action(*args, **kwargs)
+
+    fail_on_call(monkeypatch, name, 3, poisoned)
+    with pytest.raises(TrainingError, match=f"step 3: .*{message}.*NaN"):
+        Trainer(hamiltonian, tiny_config(), tmp_path, reference).run(progress=False)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == snapshot["bytes"]
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] == 2
+    assert all(torch.isfinite(value).all() for value in state["model"].values())
+    assert len(history(tmp_path)) == 2
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_outputs(tmp_path, chain):
+    hamiltonian, reference = chain
+    metrics = Trainer(hamiltonian, tiny_config(steps=3), tmp_path, reference).run(progress=False)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written == metrics
+    assert set(METRICS_KEYS) <= set(written)
+    assert written["steps"] == 3 and written["reference_per_site"] == reference
+    assert written["rel_error"] == pytest.approx(abs(written["energy_per_site"] - reference) / abs(reference))
+    # Variational: above the ground state (within 5 standard errors).
+    assert written["energy_per_site"] > reference - 5 * written["energy_error"]
+    assert written["eloc_configs_per_s"] > 0 and written["seconds_per_step"] > 0
+    assert (tmp_path / "model.pt").exists() and len(history(tmp_path)) == 3
+
+
+def test_config_validation():
+    assert TrainConfig.from_mapping({"diag_shift": "1e-3", "lr": 1}).diag_shift == 1e-3  # YAML 1.1 text, an int
+    bad = [
+        ({"stepz": 3}, "'stepz': unknown"),
+        ({"steps": 0}, "steps 0: must be positive"),
+        ({"steps": True}, "steps True: expected int"),
+        ({"steps": 2.5}, "steps 2.5: expected int"),
+        ({"lr": "fast"}, "lr 'fast': expected float"),
+        ({"lr": float("nan")}, "lr nan: expected a finite number"),
+        ({"optimizer": "sgd"}, "optimizer 'sgd'"),
+        ({"d_ff": 0}, "d_ff 0"),
+        ({"sz_sector": "yes"}, "sz_sector 'yes': expected bool"),
+        ({"warmup_steps": 10, "steps": 10}, "warmup_steps 10"),
+        ({"schedule": "exponential", "lr_final": 0.0}, "lr_final"),
+    ]
+    for changes, message in bad:
+        with pytest.raises(ValueError, match=message):
+            TrainConfig.from_mapping({**TINY, **changes})

@@ -1,0 +1,23 @@
+rule distill:
+    """VQ-NQS student of {bits} bits fitted to the trained teacher's log-amplitudes."""
+    input:
+        teacher="data/train/{run}/model.pt",
+        teacher_metrics="data/train/{run}/metrics.json",
+        reference="data/reference/{run}.json",
+        code=sources("physics", "models", "vmc", "dedup"),
+    output:
+        model="data/distill/{run}/bits{bits}/model.pt",
+        metrics="data/distill/{run}/bits{bits}/metrics.json",
+        history="data/distill/{run}/bits{bits}/history.csv",
+    params:
+        settings=lambda wildcards: P["systems"][wildcards.run],
+        distill=P["distill"],
+    threads: 1
+    resources:
+        gpu=GPU,
+    log:
+        "logs/distill/{run}_bits{bits}.log",
+    shell:
+        "vqnqs distill --params {PARAMS} --run {wildcards.run} --teacher data/train/{wildcards.run}"
+        " --bits {wildcards.bits} --reference {input.reference}"
+        " --out-dir data/distill/{wildcards.run}/bits{wildcards.bits} > {log} 2>&1"

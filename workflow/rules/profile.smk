@@ -1,0 +1,23 @@
+rule profile:
+    """Local-energy FLOPs (by component) and wall-clock, dense vs dedup, baseline and student."""
+    input:
+        student="data/distill/{run}/bits{bits}/model.pt",
+        student_metrics="data/distill/{run}/bits{bits}/metrics.json",
+        baseline="data/train/{run}/model.pt",
+        baseline_metrics="data/train/{run}/metrics.json",
+        reference="data/reference/{run}.json",
+        code=sources("physics", "models", "dedup", "profiling"),
+    output:
+        table="data/profile/{run}/bits{bits}.csv",
+        components="data/profile/{run}/bits{bits}_components.csv",
+    params:
+        settings=lambda wildcards: P["systems"][wildcards.run],
+        profiling=P["profiling"],
+    threads: 1
+    resources:
+        gpu=GPU,
+    log:
+        "logs/profile/{run}_bits{bits}.log",
+    shell:
+        "vqnqs profile --params {PARAMS} --run {wildcards.run} --model-dir data/distill/{wildcards.run}/bits{wildcards.bits}"
+        " --baseline data/train/{wildcards.run} --reference {input.reference} --out {output.table} > {log} 2>&1"

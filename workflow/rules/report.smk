@@ -1,0 +1,18 @@
+rule report:
+    """results/report.md: Table 1 beside the paper's numbers, figures and the CSVs behind them."""
+    input:
+        expand("data/reference/{run}.json", run=RUNS),
+        expand("data/train/{run}/{name}", run=RUNS, name=["metrics.json", "history.csv"]),
+        expand("data/distill/{run}/bits{bits}/metrics.json", run=RUNS, bits=BITS),
+        expand("data/profile/{run}/bits{bits}{suffix}.csv", run=RUNS, bits=BITS, suffix=["", "_components"]),
+        "data/reference/paper_table1.csv",
+        code=["src/vqnqs/report.py", *sources("profiling")],
+    output:
+        report="results/report.md",
+        table="results/table1.csv",
+        fits="results/tfim_scaling_fits.csv",
+        figures=directory("results/figures"),
+    log:
+        "logs/report.log",
+    shell:
+        "vqnqs report --params {PARAMS} --data-dir data --out-dir results > {log} 2>&1"

@@ -1,0 +1,21 @@
+rule train:
+    """Baseline VMC of the transformer. Resumes from data/train/{run}/checkpoint.pt (not a declared
+    output, so an interrupted job keeps it)."""
+    input:
+        reference="data/reference/{run}.json",
+        code=sources("physics", "models", "vmc"),
+    output:
+        model="data/train/{run}/model.pt",
+        metrics="data/train/{run}/metrics.json",
+        history="data/train/{run}/history.csv",
+    params:
+        settings=lambda wildcards: P["systems"][wildcards.run],
+        train=P["train"],
+    threads: 1
+    resources:
+        gpu=GPU,
+    log:
+        "logs/train/{run}.log",
+    shell:
+        "vqnqs train --params {PARAMS} --run {wildcards.run} --reference {input.reference}"
+        " --out-dir data/train/{wildcards.run} > {log} 2>&1"
