@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from vqnqs.cli import main
 
@@ -52,9 +53,11 @@ def test_reference_values(tmp_path, args, method, per_site, tol):
 
 
 def test_reference_from_params_run(tmp_path):
-    params = tmp_path / "params.yaml"
-    params.write_text("systems:\n  chain: {system: tfim, size: '12', gamma: 0.5}\nreference: {literature_key: paper}\n")
-    code, out = run_reference(tmp_path, "--params", str(params), "--run", "chain")
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["systems"] = {"chain": {"system": "tfim", "size": "12", "gamma": 0.5}}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    code, out = run_reference(tmp_path, "--params", str(path), "--run", "chain")
     assert code == 0
     record = json.loads(out.read_text())
     assert record["hamiltonian"]["gamma"] == 0.5 and record["n_sites"] == 12

@@ -224,7 +224,10 @@ def run_train(args: argparse.Namespace) -> None:
         raise UsageError(f"train settings: {err}") from err
     reference = load_reference(args.reference, hamiltonian)
     ensure_writable_dir(args.out_dir)
-    used = {"system": settings, "train": config.to_dict(), "reference": str(args.reference)}
+    # The params this stage used (its MLflow params and params hash): the Hamiltonian and the training settings,
+    # not the other stages' mappings that a system entry may also carry.
+    system = {key: settings[key] for key in ("system", "size", "boundary", "gamma", "J", "sign_rule")}
+    used = {"system": system, "train": config.to_dict(), "reference": str(args.reference)}
     tags = {"system": settings["system"], "size": settings["size"], "boundary": settings["boundary"], "run": args.run}
     with Run("train", used, tags, experiment=params.get("experiment")) as run:
         metrics = Trainer(hamiltonian, config, args.out_dir, reference).run(run, resume=not args.fresh)
@@ -382,7 +385,9 @@ def run_profile(args: argparse.Namespace) -> None:
         settings, params = stage.system_of_dir(args.baseline), {}
     hamiltonian = hamiltonian_from(settings)
     try:
-        config = stage.ProfileConfig.from_mapping({**(params.get("profile") or {}), **dict(args.overrides)})
+        # Later mappings win: params' global 'profiling', the run's own 'profiling', then --set.
+        merged = {**(params.get("profiling") or {}), **settings.pop("profiling", {}), **dict(args.overrides)}
+        config = stage.ProfileConfig.from_mapping(merged)
     except (TypeError, ValueError) as err:
         raise UsageError(f"profile settings: {err}") from err
     reference = load_reference(args.reference, hamiltonian) if args.reference is not None else None

@@ -384,3 +384,69 @@ def test_prefix_ids_of_a_local_energy_batch() -> None:
     inputs = model.shift_right(model.patching.to_tokens(s))
     assert_prefix_ids_consistent(inputs)
     assert prefix_partition(inputs).n_rows < 0.6 * inputs.numel()
+
+
+# --- chunking and threads ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("baseline", [False, True])
+def test_chunked_engine_matches_dense_forward(monkeypatch, baseline: bool) -> None:
+    """Tiny chunks (rows through the per-location stages, key rows per attention step) exercise every
+    chunk boundary: still the dense forward, codes and gradients included."""
+    import vqnqs.dedup.engine as engine
+
+    monkeypatch.setattr(engine, "ROW_CHUNK", 3)
+    monkeypatch.setattr(engine, "ATTENTION_CHUNK_ROWS", 5)  # one sequence of T = 4 tokens per step
+    config = TransformerConfig((4, 4), 2, d_model=8, n_heads=2, n_blocks=2, n_down=8)
+    model = random_model(config, None if baseline else VQConfig(heads=2, codes=3), seed=9, fit=not baseline)
+    s = local_energy_batch(model, Heisenberg(Lattice((4, 4))), 5, 0, "model")
+    with torch.no_grad():
+        result = dedup_log_prob(model, s, record_codes=True)
+        assert_same_log_prob(result.log_prob, model.log_prob(s))
+        for engine_codes, codes in zip(result.codes, dense_codes(model, s), strict=True):
+            assert torch.equal(engine_codes, codes)
+    model.log_prob(s).sum().backward()
+    dense_grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    dedup_log_prob(model, s).log_prob.sum().backward()
+    for p, g in zip(model.parameters(), dense_grads, strict=True):
+        assert (p.grad is None) == (g is None)
+        if g is not None:
+            torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-12)
+
+
+def test_engine_restores_the_callers_threads(monkeypatch) -> None:
+    """The engine runs its small ops single-threaded and the big matmul stages on the caller's threads, and
+    leaves the caller's setting as it found it (also when the forward raises half-way)."""
+    import vqnqs.dedup.engine as engine
+
+    config = TransformerConfig((4, 4), 2, d_model=8, n_heads=2, n_blocks=1, n_down=8)
+    model = random_model(config, VQConfig(heads=1, codes=2), seed=1)
+    s = local_energy_batch(model, Heisenberg(Lattice((4, 4))), 4, 0, "model")
+    monkeypatch.setattr(engine, "PARALLEL_MIN_ROWS", 1)  # every matmul stage counts as big here
+    seen: dict[str, list[int]] = {"qkv_proj": [], "quantizer": []}
+    fail = []
+
+    def record(name):
+        def hook(module, args):
+            seen[name].append(torch.get_num_threads())
+            if fail and name == "quantizer":
+                raise RuntimeError("boom")
+
+        return hook
+
+    model.blocks[0].attn.qkv_proj.register_forward_pre_hook(record("qkv_proj"))
+    model.blocks[0].attn.quantizer.register_forward_pre_hook(record("quantizer"))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            dedup_log_prob(model, s)
+            assert torch.get_num_threads() == 2
+            assert seen["qkv_proj"] == [2] and set(seen["quantizer"]) == {1}
+            fail.append(True)
+            with pytest.raises(RuntimeError, match="boom"):
+                dedup_log_prob(model, s)
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

@@ -9,8 +9,10 @@ attention-only half-block:
     per sequence   attention 2*T*T*d (q.k) + 2*T*T*d (weights.v) in each of the 2 blocks
 
 The dedup path runs block0's qkv on the U_embed distinct (position, token) rows, block0's W_O on the
-distinct code tuples, block0's ff and the final block's qkv on the U_block0 distinct keyed rows; attention,
-distances, the final W_O and the head stay per location (U_final = K*T).
+distinct code tuples, block0's ff and the final block's qkv on the U_block0 distinct keyed rows. Attention
+runs once per distinct prefix of a block's input ids (R_block0, R_final attention rows), each row's query
+against the T keys of its representative sequence: 2*T*d (q.k) + 2*T*d (weights.v) per row. The distances
+run on block0's R_block0 rows; the final W_O and the head on the R_final rows (U_final = R_final).
 """
 
 import math
@@ -54,8 +56,13 @@ def test_matmul_flops_of_a_one_block_vq_model_match_the_formula(tfim8):
     assert k == 6 * 9  # TFIM: the sample and its 8 single flips, all valid at Gamma != 0
     stats = {stat.layer: stat for stat in dedup_log_prob(model, configs).stats}
     u_embed, u_block0, tuples = stats["embed"].unique_rows, stats["block0"].unique_rows, stats["block0"].code_tuples
+    r_block0, r_final = stats["block0"].attention_rows, stats["final"].attention_rows
     kt = k * t
     assert 1 < u_embed < u_block0 < kt and 1 < tuples <= q * q  # a non-trivial test: reuse, but not total
+    # Attention rows: the distinct prefixes of the input tokens (block0), then of block0's ids (final).
+    inputs = model.shift_right(model.patching.to_tokens(configs))
+    assert r_block0 == len({(i, tuple(row[: i + 1])) for row in inputs.tolist() for i in range(t)})
+    assert u_block0 <= r_final <= r_block0 < kt and stats["final"].unique_rows == r_final
 
     dense = by_component(local_energy_flops(tfim8, model, s, dedup=False, elementwise=False))
     assert dense == {
@@ -71,11 +78,11 @@ def test_matmul_flops_of_a_one_block_vq_model_match_the_formula(tfim8):
     assert dedup == {
         **dict.fromkeys(COMPONENTS, 0),
         "qkv_proj": 6 * d * d * (u_embed + u_block0),
-        "attention": 2 * 4 * t * t * d * k,
-        "quantizer_distances": 2 * q * d * kt,
-        "out_proj": 2 * d * d * (tuples + kt),
+        "attention": 4 * t * d * (r_block0 + r_final),
+        "quantizer_distances": 2 * q * d * r_block0,
+        "out_proj": 2 * d * d * (tuples + r_final),
         "feed_forward": 4 * d * f * u_block0,
-        "head": 2 * d * vocab * kt,
+        "head": 2 * d * vocab * r_final,
     }
 
 
@@ -110,20 +117,28 @@ def test_attention_and_quantizer_distances_are_counted_on_cpu(tfim8):
         assert ("final", "quantizer") not in cells  # the half-block has no quantiser
 
 
-def test_baseline_through_the_engine_saves_only_the_embedding_keyed_first_projection(tfim8):
+def test_baseline_through_the_engine_saves_the_embedding_keys_and_the_shared_prefixes(tfim8):
+    """No quantiser: the embedding-keyed first projection runs on the distinct (position, token) rows, and
+    every other per-location op and the attention once per distinct prefix of the input tokens (one state
+    per prefix: the same rows in every block), so each such cell scales by exactly that prefix fraction."""
     model = tiny_baseline(n_blocks=2, seed=5)
     profile = profile_flops(tfim8, model, batch=8, n_batches=2, seed=0)
     reduced = {("embed", "embedding"), ("block0", "ln_attn"), ("block0", "qkv_proj")}
+    per_sequence = {("output", "output"), ("local_energy", "local_energy")}  # Sz-masked softmax, ratios
+    fractions = profile.unique_fraction()
+    prefix_fraction = fractions["final"]
+    assert fractions["embed"] < 1 and all(fractions[name] == prefix_fraction for name in ("block0", "block1"))
+    assert prefix_fraction < 0.7
     assert set(profile.dense) == set(profile.dedup)
     for cell, dense in profile.dense.items():
         if cell in reduced:
             assert profile.dedup[cell] < dense, cell
-        else:
+        elif cell in per_sequence:
             assert profile.dedup[cell] == pytest.approx(dense, rel=1e-12), cell
-    assert 1.0 < profile.total_savings < 1.25
+        else:
+            assert profile.dedup[cell] == pytest.approx(dense * prefix_fraction, rel=1e-12), cell
+    assert profile.total_savings > 1.3
     assert quantized_cells(model) == reduced
-    fractions = profile.unique_fraction()
-    assert fractions["embed"] < 1 and all(fractions[name] == 1 for name in ("block0", "block1", "final"))
 
 
 def test_a_single_code_makes_every_quantised_row_a_function_of_position_and_token(tfim8):
@@ -135,9 +150,13 @@ def test_a_single_code_makes_every_quantised_row_a_function_of_position_and_toke
     assert profile.quantized_ops_savings == pytest.approx(1 / fractions["embed"], rel=0.2)
     assert profile.quantized_ops_savings > 20
     assert profile.total_savings > 2
+    # One code: every block's ids are functions of (position, token), so every block attends once per
+    # distinct prefix of the input tokens, and the final half-block leaves one state per such prefix.
     by_component = profile.by_component()
-    assert by_component["attention"][0] == by_component["attention"][1]  # never deduplicated
-    assert by_component["head"][0] == by_component["head"][1]
+    prefix_fraction = fractions["final"]
+    assert fractions["embed"] < prefix_fraction < 1
+    assert by_component["attention"][1] == pytest.approx(by_component["attention"][0] * prefix_fraction, rel=1e-12)
+    assert by_component["head"][1] == pytest.approx(by_component["head"][0] * prefix_fraction, rel=1e-12)
 
 
 def test_vq_savings_are_the_flop_ratios(tfim8):

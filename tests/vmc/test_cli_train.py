@@ -82,6 +82,6 @@ def test_bad_settings_exit_2_with_one_line(tmp_path, reference, monkeypatch, cap
 
 
 def test_reference_of_another_system_is_refused(tmp_path, reference, capsys):
-    args = ["train", "--system", "tfim", "--size", "10", "--reference", str(reference), "--out-dir", str(tmp_path / "o")]
-    assert main(args) == 2
+    args = ["--system", "tfim", "--size", "10", "--reference", str(reference), "--out-dir", str(tmp_path / "o")]
+    assert main(["train", *args]) == 2
     assert "size is '8'" in capsys.readouterr().err

@@ -78,7 +78,8 @@ def test_energy_statistics_of_samples():
     assert stats.error == pytest.approx((3.5 / 4) ** 0.5)
     # The same batch as distinct values with frequencies (how the trainer evaluates it).
     distinct = energy_statistics(torch.tensor([1.0, 2.0, 6.0, 3.0]), torch.tensor([0.25, 0.25, 0.25, 0.25]), 4)
-    assert (distinct.mean, distinct.variance, distinct.error) == pytest.approx((stats.mean, stats.variance, stats.error))
+    expected = (stats.mean, stats.variance, stats.error)
+    assert (distinct.mean, distinct.variance, distinct.error) == pytest.approx(expected)
     repeated = energy_statistics(torch.tensor([1.0, 3.0]), torch.tensor([0.75, 0.25]), 8)
     assert repeated.mean == 1.5 and repeated.variance == pytest.approx(0.75)
     assert repeated.error == pytest.approx((0.75 / 8) ** 0.5)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vqnqs.vmc.trainer as trainer_module
-from vqnqs.vmc.checkpoint import CheckpointError, load_checkpoint
+from vqnqs.vmc.checkpoint import load_checkpoint
 from vqnqs.vmc.trainer import METRICS_KEYS, TrainConfig, Trainer, TrainingError
 
 from .conftest import TINY, tiny_config
@@ -62,18 +62,25 @@ def test_resume_continues_the_exact_trajectory(tmp_path, chain, monkeypatch, opt
     assert [r["energy_per_site"] for r in resumed_rows] == [r["energy_per_site"] for r in rows]
 
 
-def test_resume_refuses_other_settings(tmp_path, chain, monkeypatch):
+def test_resume_with_other_settings_starts_afresh(tmp_path, chain, monkeypatch, capsys):
+    """A pipeline reruns a stage after its params changed: the stale checkpoint is set aside, loudly."""
     hamiltonian, reference = chain
     fail_on_call(monkeypatch, "local_energy", 3, interrupt)
     with pytest.raises(KeyboardInterrupt):
         Trainer(hamiltonian, tiny_config(), tmp_path, reference).run(progress=False)
     monkeypatch.undo()
-    with pytest.raises(CheckpointError, match="lr=") as info:
-        Trainer(hamiltonian, tiny_config(lr=0.2), tmp_path, reference).run(progress=False)
-    assert "checkpoint.pt" in str(info.value)
-    # Bookkeeping settings may change; --fresh (resume=False) starts over.
-    assert Trainer(hamiltonian, tiny_config(eval_samples=32), tmp_path, reference).run(progress=False)["steps"] == 6
-    assert Trainer(hamiltonian, tiny_config(lr=0.2), tmp_path, reference).run(resume=False, progress=False)
+    capsys.readouterr()
+    changed = Trainer(hamiltonian, tiny_config(lr=0.2), tmp_path, reference)
+    assert changed.run(progress=False)["steps"] == 6
+    message = capsys.readouterr().err
+    assert "lr=" in message and "checkpoint.pt" in message and "starting afresh" in message
+    fresh = Trainer(hamiltonian, tiny_config(lr=0.2), tmp_path / "fresh", reference)
+    fresh.run(progress=False)
+    for name, value in fresh.model.state_dict().items():
+        assert torch.equal(value, changed.model.state_dict()[name]), name
+    # Bookkeeping settings may change without restarting: this resumes from the final checkpoint.
+    assert Trainer(hamiltonian, tiny_config(lr=0.2, eval_samples=32), tmp_path, reference).run(progress=False)
+    assert "resuming from step 6" in capsys.readouterr().err
 
 
 def nan_local_energy(hamiltonian, log_psi, s, chunk_size=None):

@@ -31,6 +31,12 @@ a function shared with the dense ``attn.attend``) is counted under ``DedupEngine
 ``...blocks.<i>.attn``): ``4 * d * T`` FLOPs per attention row (each row's query against the ``T`` keys of
 its representative sequence, the future masked), against ``4 * d * T`` per location densely.
 
+Execution: the per-location stages run on blocks of ``ROW_CHUNK`` rows, the attention on steps of a few
+representative sequences whose outputs go straight to the quantiser (or ``W_O``), so neither the whole
+``(R, d)`` attention output nor a ``(U, d_ff)`` hidden layer is materialised; the many small ops run
+single-threaded and only the large per-location matmuls on the caller's threads (``SMALL_OP_THREADS``,
+``PARALLEL_MIN_ROWS``). None of this changes what is computed, only the order of float operations.
+
 A quantiser in the ``attn.quantizer`` slot must offer ``encode(x) -> codes (..., H)``,
 ``decode(codes) -> (..., d)``, an integer ``codes`` (codebook size) and ``quantizer(x, codes_only=True)``
 (= ``encode`` through ``__call__``), as :class:`vqnqs.models.vq.VectorQuantizer` does.
@@ -39,7 +45,8 @@ A quantiser in the ``attn.quantizer`` slot must offer ``encode(x) -> codes (...,
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
@@ -127,11 +134,15 @@ def _quantizer(block: Block) -> nn.Module | None:
     )
 
 
-# Chunk sizes. Every per-row step runs on blocks of rows so that its temporaries (the feed-forward's
-# (rows, d_ff) hidden layer, gathered keys...) stay a few MB: cache-resident, and recycled by the
-# allocator instead of fresh pages (large allocations are mmapped, and first-touch page faults cost
-# about as much as the arithmetic on them). Sizes are in rows; results do not depend on them.
-ROW_CHUNK = 4096  # per-location ops (LayerNorm, Q/K/V, feed-forward, W_O, head)
+# Chunk sizes, in rows (they change only the order of float operations). The per-location stages (LN, Q/K/V,
+# feed-forward, head) run on blocks of ROW_CHUNK rows: that bounds their temporaries (the (rows, d_ff)
+# hidden layer) and keeps their matmuls few and large, which matters with several threads (each op is
+# an OpenMP region, and on a busy machine each region waits for a descheduled worker: 6x6, 2 threads,
+# load ~4.5: 3.4 s at 16384 rows against 5.0 s at 4096). The attention steps gather
+# ATTENTION_CHUNK_ROWS key rows (sequences x T) at a time: their temporaries stay a few MB, cache-resident
+# and recycled by the allocator instead of fresh pages (large allocations are mmapped, and first-touch
+# page faults cost about as much as the arithmetic on them).
+ROW_CHUNK = 16384  # per-location ops (LayerNorm, Q/K/V, feed-forward, head)
 ATTENTION_CHUNK_ROWS = 8192  # key rows (sequences x T) gathered per attention step
 
 
@@ -139,23 +150,28 @@ def map_rows(fn: Callable[[Tensor], Tensor], x: Tensor, chunk: int | None = None
     """``fn(x)`` for a per-row ``fn`` (``(n, ...) -> (n, ...)``, rows independent), in blocks of rows."""
     chunk = ROW_CHUNK if chunk is None else chunk
     n_rows = x.shape[0]
-    if n_rows <= chunk:
-        return fn(x)
-    first = fn(x[:chunk])
-    out = first.new_empty((n_rows, *first.shape[1:]))
-    out[:chunk] = first
-    for start in range(chunk, n_rows, chunk):
-        out[start : start + chunk] = fn(x[start : start + chunk])
+    with _matmul_threads(n_rows):
+        if n_rows <= chunk:
+            return fn(x)
+        first = fn(x[:chunk])
+        out = first.new_empty((n_rows, *first.shape[1:]))
+        out[:chunk] = first
+        for start in range(chunk, n_rows, chunk):
+            out[start : start + chunk] = fn(x[start : start + chunk])
     return out
 
 
-# Intra-op threads for the engine's many small, memory-bound steps (prefix keys, the per-chunk gathers,
-# attention and quantiser, the residual). Each op is a parallel region of its own, and there are a couple
-# of thousand of them: OpenMP fork/join gains little on them, and on a busy machine every region waits for
-# a descheduled worker (6x6, d = 256, 2 threads, load ~3.5: 4.4-8.7 s with the caller's 2 threads against
-# 3.0 s with this at 1). None: the caller's setting. The large per-location matmuls (Q/K/V, feed-forward)
-# always run with the caller's setting.
+# Intra-op threads. The forward is a couple of thousand small, memory-bound ops (prefix keys, gathers,
+# the per-chunk attention and quantiser, residuals, output), each an OpenMP parallel region of its own:
+# fork/join gains little on them, and on a busy machine every region waits for a descheduled worker.
+# So DedupEngine runs them on SMALL_OP_THREADS threads, and gives the caller's threads back only to the
+# per-location matmul stages of at least PARALLEL_MIN_ROWS rows (Q/K/V, feed-forward, head), where
+# threads pay off. Measured with 2 threads at load ~5 (d = 256): 6x6 13-24 s with the caller's threads
+# for everything, 3.6-4.0 s with them for every matmul stage, 3.0-3.2 s with this split; 4x4 (every
+# stage below PARALLEL_MIN_ROWS) 0.85 s -> 0.25-0.3 s. SMALL_OP_THREADS = None: the caller's setting.
 SMALL_OP_THREADS: int | None = 1
+PARALLEL_MIN_ROWS = 8192
+_caller_threads: ContextVar[int | None] = ContextVar("caller_threads", default=None)
 
 
 @contextmanager
@@ -170,6 +186,22 @@ def _intra_op_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(current)
+
+
+@contextmanager
+def _engine_threads() -> Iterator[None]:
+    """The whole forward on SMALL_OP_THREADS threads, remembering the caller's count for :func:`_matmul_threads`."""
+    token = _caller_threads.set(torch.get_num_threads())
+    try:
+        with _intra_op_threads(SMALL_OP_THREADS):
+            yield
+    finally:
+        _caller_threads.reset(token)
+
+
+def _matmul_threads(n_rows: int) -> AbstractContextManager[None]:
+    """The caller's threads for a per-location matmul stage on ``n_rows`` rows, if it is large enough."""
+    return _intra_op_threads(_caller_threads.get() if n_rows >= PARALLEL_MIN_ROWS else None)
 
 
 # --- stages ---------------------------------------------------------------------------------------
@@ -195,9 +227,10 @@ def qkv_stage(block: Block, states: Compressed) -> Tensor:
     n_unique, d = table.shape
     n_heads = block.attn.n_heads
     qkv = table.new_empty(3, n_heads, n_unique, d // n_heads)  # (3, H, U, e)
-    for start in range(0, n_unique, ROW_CHUNK):
-        rows = block.attn.qkv_proj(block.ln_attn(table[start : start + ROW_CHUNK]))  # (c, 3d): [q | k | v]
-        qkv[:, :, start : start + ROW_CHUNK] = rows.view(rows.shape[0], 3, n_heads, -1).permute(1, 2, 0, 3)
+    with _matmul_threads(n_unique):
+        for start in range(0, n_unique, ROW_CHUNK):
+            rows = block.attn.qkv_proj(block.ln_attn(table[start : start + ROW_CHUNK]))  # (c, 3d): [q | k | v]
+            qkv[:, :, start : start + ROW_CHUNK] = rows.view(rows.shape[0], 3, n_heads, -1).permute(1, 2, 0, 3)
     return qkv
 
 
@@ -246,7 +279,7 @@ def quantized_residual_stage(
     previous = prefixes.at_rows(states.ids)  # (R,) the input id of each row's locations
     row_ids, prev_u, tuple_u = pair_ids(previous, states.n_unique, tuple_of, n_tuples)  # (R,), (U',), (U',)
     projected = block.attn.out_proj(quantizer.decode(tuples))  # (n_tuples, d): W_O on unique codewords only
-    table = states.table[prev_u] + projected[tuple_u]  # (U', d)
+    table = states.table.index_select(0, prev_u) + projected.index_select(0, tuple_u)  # (U', d)
     return Compressed(row_ids[prefixes.rows], table), codes, n_tuples
 
 
@@ -254,7 +287,7 @@ def dense_residual_stage(block: Block, states: Compressed, prefixes: PrefixParti
     """``x + W_O(attention)`` without a quantiser: one state per prefix (ids = the prefix ids)."""
     previous = prefixes.at_rows(states.ids)  # (R,) the input id of each row's locations
     chunks = [
-        states.table[previous[rows]] + block.attn.out_proj(mixed)  # (rows, d)
+        states.table.index_select(0, previous[rows]) + block.attn.out_proj(mixed)  # (rows, d)
         for rows, mixed in attention_stage(block, states, prefixes, qkv)
     ]
     table = torch.cat(chunks)  # (R, d)
@@ -271,15 +304,14 @@ def block_stage(block: Block, states: Compressed, record_codes: bool = False) ->
     """One block (full or half) on the distinct prefixes of its input; codes per location if ``record_codes``."""
     quantizer = _quantizer(block)
     codes, n_tuples = None, None
+    prefixes = block_prefixes(states)
     qkv = qkv_stage(block, states)  # (3, H, U, e)
-    with _intra_op_threads(SMALL_OP_THREADS):
-        prefixes = block_prefixes(states)
-        if quantizer is None:
-            states = dense_residual_stage(block, states, prefixes, qkv)
-        else:
-            states, row_codes, n_tuples = quantized_residual_stage(block, quantizer, states, prefixes, qkv)
-            codes = row_codes[prefixes.rows] if record_codes else None  # (K, T, H)
-    del qkv
+    if quantizer is None:
+        states = dense_residual_stage(block, states, prefixes, qkv)
+    else:
+        states, row_codes, n_tuples = quantized_residual_stage(block, quantizer, states, prefixes, qkv)
+        codes = row_codes[prefixes.rows] if record_codes else None  # (K, T, H)
+    del qkv  # (3, H, U, e): free before the feed-forward
     if block.ff is not None and block.ln_ff is not None:
         states = feed_forward_stage(block, states)
     return BlockOutput(states, prefixes, codes, n_tuples)
@@ -287,7 +319,8 @@ def block_stage(block: Block, states: Compressed, record_codes: bool = False) ->
 
 def output_stage(model: AutoregressiveTransformer, states: Compressed, tokens: Tensor) -> Tensor:
     """Head on the unique rows, then per sequence the masked normalisation -> ``log P (K,)``."""
-    logits = map_rows(lambda x: model.head(model.ln_f(x)), states.table)[states.ids]  # (U, V) -> (K, T, V)
+    logits = map_rows(lambda x: model.head(model.ln_f(x)), states.table)  # (U, V)
+    logits = logits.index_select(0, states.ids.reshape(-1)).view(*states.ids.shape, -1)  # (K, T, V)
     log_probs = model.masked_log_softmax(logits, model.n_down_before(tokens))  # (K, T, vocab)
     return log_probs.gather(-1, tokens[..., None]).squeeze(-1).sum(dim=-1)  # (K,)
 
@@ -328,6 +361,10 @@ class DedupEngine(nn.Module):
 
     def forward(self, s: Tensor, record_codes: bool = False) -> DedupResult:
         """``s (K, N)`` -> :class:`DedupResult` (``log P (K,)``, per-stage statistics, optional codes)."""
+        with _engine_threads():
+            return self._forward(s, record_codes)
+
+    def _forward(self, s: Tensor, record_codes: bool) -> DedupResult:
         model = self.model
         tokens = model.patching.to_tokens(s.to(model.device))  # (K, T)
         inputs = model.shift_right(tokens)  # (K, T)
@@ -359,7 +396,7 @@ class DedupEngine(nn.Module):
 def dedup_log_prob(model: AutoregressiveTransformer, s: Tensor, record_codes: bool = False) -> DedupResult:
     """``log P(s)`` for ``s (K, N)`` through the compressed forward, with per-stage statistics.
 
-    Works for the baseline (identity slots: no savings after the embedding) and for VQ models
+    Works for the baseline (identity slots: savings from the embedding keys and shared prefixes only) and for VQ models
     (:class:`vqnqs.models.vq.VQTransformer`). Gradients flow as in the dense forward in eval mode, except
     through the (integer) codes; the quantisers' training state is never touched (codes only).
     """

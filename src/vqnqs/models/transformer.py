@@ -15,7 +15,8 @@ The pieces are separately callable for engines that reorganise the forward pass 
 - per location, acting on ``(..., d)`` rows independently: ``model.embed`` (token + position),
   ``block.ln_attn``, ``block.attn.qkv`` (Q/K/V projection), ``block.attn.quantizer`` (VQ slot),
   ``block.attn.out_proj`` (W_O), ``block.ln_ff``, ``block.ff``, ``model.ln_f``, ``model.head``;
-- per sequence: ``block.attn.attend(q, k, v)`` (causal mixing) and
+- per sequence: ``block.attn.attend(q, k, v)`` (causal mixing; its arithmetic is
+  :func:`causal_attention` on head-major tensors, which the dedup engine calls directly) and
   ``model.masked_log_softmax(logits, n_down_before, start)`` (Sz mask + normalisation).
 
 ``model.blocks`` holds the full blocks (the ones that take a quantiser), ``model.final_block`` the half-block.
