@@ -16,6 +16,7 @@ from vqnqs.dedup.engine import (
     embed_stage,
     feed_forward_stage,
     output_stage,
+    qkv_stage,
     quantized_residual_stage,
 )
 from vqnqs.dedup.keys import pair_ids, tuple_ids
@@ -41,6 +42,7 @@ __all__ = [
     "output_stage",
     "pair_ids",
     "prefix_partition",
+    "qkv_stage",
     "quantized_residual_stage",
     "tuple_ids",
 ]
