@@ -168,6 +168,27 @@ def test_baseline_engine_matches_dense_forward(lattice, n_blocks: int, sz: bool,
     torch.testing.assert_close(dedup_log_psi(model, s), 0.5 * model.log_prob(s), rtol=0, atol=1e-10)
 
 
+@settings(max_examples=15, deadline=None)
+@given(case=vq_cases(), baseline=st.booleans())
+def test_engine_without_prefix_reuse_matches_dense_forward(case, baseline: bool) -> None:
+    """The paper's engine (per-location ops deduplicated, attention once per location): same codes and
+    log P as the dense forward, one attention row per location in every block."""
+    config, vq, fit, system, source, n_samples, seed = case
+    model = random_model(config, None if baseline else vq, seed, fit=fit)
+    s = local_energy_batch(model, hamiltonian(system, config.lattice_shape), n_samples, seed, source)
+    with torch.no_grad():
+        result = dedup_log_prob(model, s, record_codes=True, prefix_reuse=False)
+        assert_same_log_prob(result.log_prob, model.log_prob(s))
+        reference_codes = dense_codes(model, s)
+    assert len(result.codes) == len(reference_codes)
+    for engine_codes, codes in zip(result.codes, reference_codes, strict=True):
+        assert torch.equal(engine_codes, codes)
+    locations = s.shape[0] * model.patching.n_tokens
+    assert all(layer.attention_rows == locations for layer in result.stats[1:])
+    if baseline:  # no quantiser: nothing to deduplicate after the first attention
+        assert all(layer.unique_rows == locations for layer in result.stats[1:])
+
+
 def test_engine_log_prob_is_normalised() -> None:
     """Independent of the dense forward: the engine's P sums to one over all configurations."""
     config = TransformerConfig((2, 4), 1, d_model=16, n_heads=2, n_blocks=2)

@@ -141,6 +141,23 @@ def test_baseline_through_the_engine_saves_the_embedding_keys_and_the_shared_pre
     assert quantized_cells(model) == reduced
 
 
+def test_without_prefix_reuse_only_the_keyed_per_location_ops_shrink(tfim8):
+    """The paper's engine: attention once per location costs exactly the dense attention; for the
+    baseline only the embedding-keyed cells shrink, for a VQ model every quantised cell may."""
+    for model in (tiny_baseline(n_blocks=2, seed=5), tiny_vq(n_blocks=2, seed=7)):
+        profile = profile_flops(tfim8, model, batch=8, n_batches=2, seed=0)
+        no_prefix = profile.dedup_no_prefix
+        assert set(no_prefix) == set(profile.dense)
+        for cell, dense in profile.dense.items():
+            if cell in quantized_cells(model):
+                assert no_prefix[cell] <= dense, cell
+            elif cell[1] != "quantizer":  # distances: the codebook norms are counted once per call
+                assert no_prefix[cell] == pytest.approx(dense, rel=1e-12), cell
+        attention = profile.by_component_all_paths()["attention"]
+        assert attention[2] == pytest.approx(attention[0], rel=1e-12) and attention[1] < attention[0]
+        assert 1 < profile.total_savings_no_prefix < profile.total_savings
+
+
 def test_a_single_code_makes_every_quantised_row_a_function_of_position_and_token(tfim8):
     model = tiny_vq(n_blocks=2, heads=1, codes=1, seed=6)
     profile = profile_flops(tfim8, model, batch=16, n_batches=1, seed=1)

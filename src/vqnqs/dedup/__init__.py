@@ -20,7 +20,7 @@ from vqnqs.dedup.engine import (
     quantized_residual_stage,
 )
 from vqnqs.dedup.keys import pair_ids, tuple_ids
-from vqnqs.dedup.prefix import PrefixGroup, PrefixPartition, prefix_partition
+from vqnqs.dedup.prefix import PrefixGroup, PrefixPartition, location_partition, prefix_partition
 
 __all__ = [
     "BlockOutput",
@@ -41,6 +41,7 @@ __all__ = [
     "feed_forward_stage",
     "output_stage",
     "pair_ids",
+    "location_partition",
     "prefix_partition",
     "qkv_stage",
     "quantized_residual_stage",

@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from vqnqs.dedup.keys import pair_ids, tuple_ids
-from vqnqs.dedup.prefix import PrefixPartition, prefix_partition
+from vqnqs.dedup.prefix import PrefixPartition, location_partition, prefix_partition
 from vqnqs.models.transformer import AutoregressiveTransformer, Block, causal_attention
 
 
@@ -216,9 +216,12 @@ def embed_stage(model: AutoregressiveTransformer, inputs: Tensor) -> Compressed:
     return Compressed(ids, table)
 
 
-def block_prefixes(states: Compressed) -> PrefixPartition:
-    """The prefix partition of the states' ids (reused when the ids already are prefix ids)."""
-    return states.prefixes if states.prefixes is not None else prefix_partition(states.ids)
+def block_prefixes(states: Compressed, prefix_reuse: bool = True) -> PrefixPartition:
+    """The attention rows of the states' ids: one per distinct prefix (reused when the ids already are
+    prefix ids), or with ``prefix_reuse=False`` one per location (the paper's engine: no attention reuse)."""
+    if states.prefixes is not None:
+        return states.prefixes
+    return prefix_partition(states.ids) if prefix_reuse else location_partition(states.ids)
 
 
 def qkv_stage(block: Block, states: Compressed) -> Tensor:
@@ -300,11 +303,14 @@ def feed_forward_stage(block: Block, states: Compressed) -> Compressed:
     return Compressed(states.ids, table, states.prefixes)
 
 
-def block_stage(block: Block, states: Compressed, record_codes: bool = False) -> BlockOutput:
-    """One block (full or half) on the distinct prefixes of its input; codes per location if ``record_codes``."""
+def block_stage(
+    block: Block, states: Compressed, record_codes: bool = False, prefix_reuse: bool = True
+) -> BlockOutput:
+    """One block (full or half) on the distinct prefixes of its input (every location without
+    ``prefix_reuse``); codes per location if ``record_codes``."""
     quantizer = _quantizer(block)
     codes, n_tuples = None, None
-    prefixes = block_prefixes(states)
+    prefixes = block_prefixes(states, prefix_reuse)
     qkv = qkv_stage(block, states)  # (3, H, U, e)
     if quantizer is None:
         states = dense_residual_stage(block, states, prefixes, qkv)
@@ -337,8 +343,8 @@ class _BlockStage(nn.Module):
             self.add_module(name, child)
         object.__setattr__(self, "block", block)  # plain attribute: not a second registration
 
-    def forward(self, states: Compressed, record_codes: bool = False) -> BlockOutput:
-        return block_stage(self.block, states, record_codes)
+    def forward(self, states: Compressed, record_codes: bool = False, prefix_reuse: bool = True) -> BlockOutput:
+        return block_stage(self.block, states, record_codes, prefix_reuse)
 
 
 class DedupEngine(nn.Module):
@@ -346,9 +352,12 @@ class DedupEngine(nn.Module):
 
     Holds no parameters of its own: it shares the model's submodules, so it follows the model's weights,
     device and dtype. Build one per model (cheap) and call it: ``DedupEngine(model)(s) -> DedupResult``.
+
+    ``prefix_reuse=False`` runs attention once per location instead of once per distinct prefix: only the
+    per-location ops are deduplicated, as in the paper (the like-for-like reading of its Table 1 savings).
     """
 
-    def __init__(self, model: AutoregressiveTransformer) -> None:
+    def __init__(self, model: AutoregressiveTransformer, prefix_reuse: bool = True) -> None:
         super().__init__()
         for name, child in model.named_children():
             if name == "blocks":
@@ -358,6 +367,7 @@ class DedupEngine(nn.Module):
             else:
                 self.add_module(name, child)
         object.__setattr__(self, "model", model)
+        self.prefix_reuse = prefix_reuse
 
     def forward(self, s: Tensor, record_codes: bool = False) -> DedupResult:
         """``s (K, N)`` -> :class:`DedupResult` (``log P (K,)``, per-stage statistics, optional codes)."""
@@ -374,7 +384,7 @@ class DedupEngine(nn.Module):
         codes_per_block: list[Tensor] = []
         named = [*((f"block{i}", stage) for i, stage in enumerate(self.blocks)), ("final", self.final_block)]
         for name, stage in named:
-            out = stage(states, record_codes)
+            out = stage(states, record_codes, self.prefix_reuse)
             states = out.states
             stats.append(
                 LayerStats(
@@ -393,19 +403,22 @@ class DedupEngine(nn.Module):
         return DedupResult(log_prob, stats, codes_per_block)
 
 
-def dedup_log_prob(model: AutoregressiveTransformer, s: Tensor, record_codes: bool = False) -> DedupResult:
+def dedup_log_prob(
+    model: AutoregressiveTransformer, s: Tensor, record_codes: bool = False, prefix_reuse: bool = True
+) -> DedupResult:
     """``log P(s)`` for ``s (K, N)`` through the compressed forward, with per-stage statistics.
 
     Works for the baseline (identity slots: savings from the embedding keys and shared prefixes only) and for VQ models
     (:class:`vqnqs.models.vq.VQTransformer`). Gradients flow as in the dense forward in eval mode, except
     through the (integer) codes; the quantisers' training state is never touched (codes only).
+    ``prefix_reuse=False``: attention once per location (only the per-location ops deduplicated).
     """
-    return DedupEngine(model)(s, record_codes=record_codes)
+    return DedupEngine(model, prefix_reuse)(s, record_codes=record_codes)
 
 
-def dedup_log_psi(model: AutoregressiveTransformer, s: Tensor) -> Tensor:
+def dedup_log_psi(model: AutoregressiveTransformer, s: Tensor, prefix_reuse: bool = True) -> Tensor:
     """``log psi(s) = log P(s) / 2`` for ``s (K, N)`` through the dedup engine -> ``(K,)``."""
-    return dedup_log_prob(model, s).log_psi
+    return dedup_log_prob(model, s, prefix_reuse=prefix_reuse).log_psi
 
 
 def dense_codes(model: AutoregressiveTransformer, s: Tensor) -> list[Tensor]:

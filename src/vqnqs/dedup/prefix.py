@@ -27,6 +27,9 @@ group per ``start`` value ``j``, holding its sequences in sorted order, each wit
 sequences against all ``T`` keys of that sequence (the causal mask hides the future), exactly the
 ``q = the LAST Tq of the Tk positions`` convention of :func:`vqnqs.models.transformer.causal_attention`.
 ``rows (K, T)`` maps every location to the row of its prefix (the prefix id).
+
+Without prefix reuse (:func:`location_partition`) every location is its own row: attention runs once per
+location of every sequence, as in the paper's engine, where only the per-location ops are deduplicated.
 """
 
 from __future__ import annotations
@@ -114,3 +117,15 @@ def prefix_partition(ids: Tensor) -> PrefixPartition:
     row_location = torch.cat(locations) if locations else torch.zeros(0, dtype=torch.long, device=device)
     per_position = tuple(owner.sum(dim=0).tolist())
     return PrefixPartition(rows, row_location, tuple(groups), per_position)
+
+
+def location_partition(ids: Tensor) -> PrefixPartition:
+    """No prefix reuse: every location ``(k, i)`` of ``ids (K, T)`` is its own attention row ``k * T + i``.
+
+    One group (start 0, all sequences): each sequence's queries at every position against its own keys.
+    """
+    n_seq, n_tokens = ids.shape
+    device = ids.device
+    locations = torch.arange(n_seq * n_tokens, device=device)  # (K*T,)
+    group = PrefixGroup(0, torch.arange(n_seq, device=device), 0)
+    return PrefixPartition(locations.view(n_seq, n_tokens), locations, (group,) if n_seq else (), (n_seq,) * n_tokens)

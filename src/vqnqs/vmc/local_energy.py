@@ -25,14 +25,14 @@ from vqnqs.physics.hamiltonian import Hamiltonian
 LogPsi = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _resolve_log_psi(log_psi: LogPsi | AutoregressiveTransformer, dedup: bool) -> LogPsi:
+def _resolve_log_psi(log_psi: LogPsi | AutoregressiveTransformer, dedup: bool, prefix_reuse: bool) -> LogPsi:
     """The callable to evaluate: a model's dense or dedup ``log psi``, or the given callable."""
     if isinstance(log_psi, AutoregressiveTransformer):
         if dedup:
             from vqnqs.dedup import dedup_log_psi  # local: the engine imports the models, not vmc
 
             model = log_psi
-            return lambda configs: dedup_log_psi(model, configs)
+            return lambda configs: dedup_log_psi(model, configs, prefix_reuse)
         return log_psi.log_psi
     if dedup:
         raise TypeError(
@@ -49,15 +49,17 @@ def local_energy(
     chunk_size: int | None = None,
     dtype: torch.dtype = torch.float64,
     dedup: bool = False,
+    prefix_reuse: bool = True,
 ) -> torch.Tensor:
     """``E_loc`` for each sample ``s: (B, N)`` -> ``(B,)``, without gradients.
 
     Only valid connections are evaluated; slot 0 of the connected elements is ``s`` itself,
     so ``log_psi(s)`` comes from the same call as its neighbours. ``log_psi`` is a callable
     ``(K, N) -> (K,)`` or a model; ``dedup=True`` (model only) evaluates each chunk's connected
-    configurations through the dedup engine, deduplicated across the whole chunk.
+    configurations through the dedup engine, deduplicated across the whole chunk; with
+    ``prefix_reuse=False`` the engine dedups the per-location ops only (attention once per location).
     """
-    log_psi = _resolve_log_psi(log_psi, dedup)
+    log_psi = _resolve_log_psi(log_psi, dedup, prefix_reuse)
     batch = s.shape[0]
     chunk_size = batch if chunk_size is None else int(chunk_size)
     if chunk_size < 1:
