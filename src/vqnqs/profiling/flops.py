@@ -319,8 +319,9 @@ class FlopProfile:
     """Local-energy FLOPs of one model on ``n_batches`` batches of ``batch`` samples, dense vs dedup.
 
     ``dense`` / ``dedup`` / ``dedup_no_prefix``: mean FLOPs per SAMPLE (all its valid connected
-    configurations) by ``(layer, group)``, the last without prefix reuse; ``unique_rows`` / ``locations``: summed over batches per engine stage (``embed``,
-    ``block<i>``, ``final``) and ``code_tuples`` per quantised block, from the engine's statistics.
+    configurations) by ``(layer, group)``, the last without prefix reuse; ``unique_rows`` / ``locations``:
+    summed over batches per engine stage (``embed``, ``block<i>``, ``final``) and ``code_tuples`` per
+    quantised block, from the engine's statistics.
     """
 
     batch: int
