@@ -303,9 +303,7 @@ def feed_forward_stage(block: Block, states: Compressed) -> Compressed:
     return Compressed(states.ids, table, states.prefixes)
 
 
-def block_stage(
-    block: Block, states: Compressed, record_codes: bool = False, prefix_reuse: bool = True
-) -> BlockOutput:
+def block_stage(block: Block, states: Compressed, record_codes: bool = False, prefix_reuse: bool = True) -> BlockOutput:
     """One block (full or half) on the distinct prefixes of its input (every location without
     ``prefix_reuse``); codes per location if ``record_codes``."""
     quantizer = _quantizer(block)
