@@ -181,7 +181,9 @@ def test_dense_and_dedup_local_energies_agree_on_the_student(tmp_path, chain, te
 
 def test_a_dedup_engine_that_disagrees_is_caught(tmp_path, chain, teacher_dir, monkeypatch):
     real = dedup_module.dedup_log_psi
-    monkeypatch.setattr(dedup_module, "dedup_log_psi", lambda model, s: real(model, s) + 1e-3 * s[:, 0])
+    monkeypatch.setattr(
+        dedup_module, "dedup_log_psi", lambda model, s, prefix_reuse=True: real(model, s, prefix_reuse) + 1e-3 * s[:, 0]
+    )
     d = distiller(tmp_path, chain, teacher_dir, steps=2)
     with pytest.raises(DistillationError, match="dense and dedup"):
         d.run(progress=False)

@@ -540,7 +540,7 @@ class Distiller:
         """Student energy on ``energy_samples`` of its own samples (the monitor's stream, not the trajectory's)."""
         self.student.eval()
         samples = self.student.sample(self.config.energy_samples, generator=self.monitor)
-        e_loc = local_energy(self.hamiltonian, self.student, samples, chunk_size=self.config.chunk_size)
+        e_loc = local_energy(self.hamiltonian, self.student, samples, chunk_size=self.config.chunk_size, dedup=True)
         stats = energy_statistics(e_loc)
         energy = stats.mean / self.hamiltonian.n_sites
         return {

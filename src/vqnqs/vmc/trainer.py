@@ -4,7 +4,7 @@ One iteration (``step`` counts completed parameter updates, 1-based)::
 
     s      = model.sample(n_samples)                       (Ns, N)  exact, independent samples of |psi|^2
     s_u, w = distinct rows of s, their frequencies          (U, N), (U,)
-    E_loc  = local_energy(H, model.log_psi, s_u)            (U,)     float64
+    E_loc  = local_energy(H, model, s_u, dedup=True)       (U,)     float64, through the dedup engine
     SR:    O = d log psi(s_u) / dθ  (U, Np);  δ = minSR / full-S solve;  θ <- θ - η δ
     Adam:  dE/dθ from the surrogate loss of eq. 3;          θ <- Adam(θ, dE/dθ, η)
 
@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from vqnqs.dedup import dedup_log_psi
 from vqnqs.io import atomic_open, ensure_writable_dir, write_json
 from vqnqs.models import AutoregressiveTransformer, TransformerConfig
 from vqnqs.physics.exact import ground_state_sector
@@ -137,6 +138,10 @@ class TrainConfig:
     # --- numerics and bookkeeping ---
     # Precision of the network: 'float32' | 'float64' (local energies and SR solves are always float64).
     dtype: str = "float32"
+    # Local energies through the dedup engine: the same log psi (exactly the dense forward, reorganised), with
+    # attention and every later op run once per distinct prefix of the connected configurations: x5 faster for
+    # TFIM N=32 and x4-9 for Heisenberg 4x4/6x6 at the default width on one CPU thread. false: dense forward.
+    dedup: bool = True
     # Samples per batch in the local energy, the per-sample gradients and the final evaluation (memory bound).
     chunk_size: int = 1024
     # Write checkpoint.pt and history.csv every this many steps (and at the last step).
@@ -274,15 +279,16 @@ def system_info(hamiltonian: Hamiltonian) -> dict:
 
 
 class _CountingLogPsi:
-    """``log_psi`` that counts the configurations it evaluates (throughput of the local energy)."""
+    """``log_psi`` (dense or through the dedup engine) that counts the configurations it evaluates."""
 
-    def __init__(self, model: AutoregressiveTransformer) -> None:
+    def __init__(self, model: AutoregressiveTransformer, dedup: bool) -> None:
         self.model = model
+        self.dedup = dedup
         self.count = 0
 
     def __call__(self, s: torch.Tensor) -> torch.Tensor:
         self.count += s.shape[0]
-        return self.model.log_psi(s)
+        return dedup_log_psi(self.model, s) if self.dedup else self.model.log_psi(s)
 
 
 # --- the loop -------------------------------------------------------------------------------------
@@ -385,7 +391,7 @@ class Trainer:
         # configuration once, weighted by its frequency. Every estimate below is that of the full batch.
         distinct, counts = torch.unique(samples, dim=0, return_counts=True)  # (U, N), (U,)
         weights = counts.to(torch.float64) / config.n_samples
-        counted = _CountingLogPsi(self.model)
+        counted = _CountingLogPsi(self.model, config.dedup)
         eloc_start = time.perf_counter()
         e_loc = local_energy(self.hamiltonian, counted, distinct, chunk_size=config.chunk_size)  # (U,)
         eloc_time = time.perf_counter() - eloc_start
@@ -434,7 +440,7 @@ class Trainer:
     def evaluate(self) -> dict:
         """Energy on ``eval_samples`` fresh samples (continuing the sampler's stream), in chunks."""
         config, n_sites = self.config, self.hamiltonian.n_sites
-        counted = _CountingLogPsi(self.model)
+        counted = _CountingLogPsi(self.model, config.dedup)
         e_locs, all_counts, eloc_time = [], [], 0.0
         for start in range(0, config.eval_samples, config.chunk_size):
             n = min(config.chunk_size, config.eval_samples - start)
