@@ -17,6 +17,8 @@ rule distill:
         gpu=GPU,
     log:
         "logs/distill/{run}_bits{bits}.log",
+    benchmark:
+        "logs/distill/{run}_bits{bits}.benchmark.tsv",  # wall time, CPU time and peak memory of the job
     shell:
         "vqnqs distill --params {PARAMS} --run {wildcards.run} --teacher data/train/{wildcards.run}"
         " --bits {wildcards.bits} --reference {input.reference}"

@@ -6,7 +6,7 @@ rule profile:
         baseline="data/train/{run}/model.pt",
         baseline_metrics="data/train/{run}/metrics.json",
         reference="data/reference/{run}.json",
-        code=sources("physics", "models", "dedup", "profiling"),
+        code=sources("physics", "models", "dedup", "vmc", "profiling"),
     output:
         table="data/profile/{run}/bits{bits}.csv",
         components="data/profile/{run}/bits{bits}_components.csv",
@@ -18,6 +18,8 @@ rule profile:
         gpu=GPU,
     log:
         "logs/profile/{run}_bits{bits}.log",
+    benchmark:
+        "logs/profile/{run}_bits{bits}.benchmark.tsv",  # wall time, CPU time and peak memory of the job
     shell:
         "vqnqs profile --params {PARAMS} --run {wildcards.run} --model-dir data/distill/{wildcards.run}/bits{wildcards.bits}"
         " --baseline data/train/{wildcards.run} --reference {input.reference} --out {output.table} > {log} 2>&1"

@@ -10,5 +10,7 @@ rule reference:
         reference=P["reference"],
     log:
         "logs/reference/{run}.log",
+    benchmark:
+        "logs/reference/{run}.benchmark.tsv",  # wall time, CPU time and peak memory of the job
     shell:
         "vqnqs reference --params {PARAMS} --run {wildcards.run} --out {output} > {log} 2>&1"

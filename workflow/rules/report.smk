@@ -14,5 +14,7 @@ rule report:
         figures=directory("results/figures"),
     log:
         "logs/report.log",
+    benchmark:
+        "logs/report.benchmark.tsv",  # wall time, CPU time and peak memory of the job
     shell:
         "vqnqs report --params {PARAMS} --data-dir data --out-dir results > {log} 2>&1"

@@ -3,7 +3,7 @@ rule train:
     output, so an interrupted job keeps it)."""
     input:
         reference="data/reference/{run}.json",
-        code=sources("physics", "models", "vmc"),
+        code=sources("physics", "models", "dedup", "vmc"),
     output:
         model="data/train/{run}/model.pt",
         metrics="data/train/{run}/metrics.json",
@@ -16,6 +16,8 @@ rule train:
         gpu=GPU,
     log:
         "logs/train/{run}.log",
+    benchmark:
+        "logs/train/{run}.benchmark.tsv",  # wall time, CPU time and peak memory of the job
     shell:
         "vqnqs train --params {PARAMS} --run {wildcards.run} --reference {input.reference}"
         " --out-dir data/train/{wildcards.run} > {log} 2>&1"
