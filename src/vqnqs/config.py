@@ -7,8 +7,10 @@ A violation raises :class:`ParamsError` whose message names the offending key.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -76,3 +78,32 @@ def run_settings(params: dict, run: str) -> dict:
         raise ParamsError(f"systems.{run}: no such run in params (have: {', '.join(systems)})")
     defaults = {"boundary": "open", "gamma": 1.0, "J": 1.0, "sign_rule": None}
     return {**defaults, **systems[run]}
+
+
+def check_field_types(config: Any) -> None:
+    """Each field of the dataclass ``config`` against its annotation, raising ``ValueError`` naming the field.
+
+    Floats also take ints, and text such as ``1e-3``: YAML 1.1 (PyYAML) reads an exponent without a dot
+    as a string; such values are stored back as floats. Booleans are never taken for numbers.
+    """
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        name, value = field.name, getattr(config, field.name)
+        kinds = typing.get_args(hints[name]) or (hints[name],)
+        optional = type(None) in kinds
+        kind = next(k for k in kinds if k is not type(None))
+        expected = f"{kind.__name__}{' or null' if optional else ''}"
+        if value is None:
+            if optional:
+                continue
+            raise ValueError(f"{name}: expected {expected}, got null")
+        if kind is float and not isinstance(value, bool):
+            try:
+                value = float(value) if isinstance(value, (int, float, str)) else value
+            except ValueError:
+                pass
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{name} {value}: expected a finite number")
+            object.__setattr__(config, name, value)
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise ValueError(f"{name} {value!r}: expected {expected}")

@@ -43,13 +43,13 @@ import json
 import math
 import sys
 import time
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from vqnqs.config import check_field_types
 from vqnqs.io import atomic_open, ensure_writable_dir, write_json
 from vqnqs.models import (
     AutoregressiveTransformer,
@@ -195,7 +195,7 @@ class DistillConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_field_types(self)
         choices = {"schedule": SCHEDULES, "vq_init": INIT_METHODS, "dtype": tuple(DTYPES), "device": DEVICES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -256,35 +256,6 @@ class DistillConfig:
             n_blocks=teacher.n_blocks if self.n_blocks is None else self.n_blocks,
             d_ff=d_ff,
         )
-
-
-def _check_types(config: DistillConfig) -> None:
-    """Each field against its annotation, raising ``ValueError`` naming the field (as ``TrainConfig`` does).
-
-    Floats also take ints, and text such as ``1e-3`` (PyYAML reads an exponent without a dot as a string).
-    Booleans are never taken for numbers.
-    """
-    hints = typing.get_type_hints(type(config))
-    for field in dataclasses.fields(config):
-        name, value = field.name, getattr(config, field.name)
-        kinds = typing.get_args(hints[name]) or (hints[name],)
-        optional = type(None) in kinds
-        kind = next(k for k in kinds if k is not type(None))
-        expected = f"{kind.__name__}{' or null' if optional else ''}"
-        if value is None:
-            if optional:
-                continue
-            raise ValueError(f"{name}: expected {expected}, got null")
-        if kind is float and not isinstance(value, bool):
-            try:
-                value = float(value) if isinstance(value, (int, float, str)) else value
-            except ValueError:
-                pass
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{name} {value}: expected a finite number")
-            object.__setattr__(config, name, value)
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            raise ValueError(f"{name} {value!r}: expected {expected}")
 
 
 def check_bits(bits: int, codes: int, d_model: int) -> tuple[int, int]:
