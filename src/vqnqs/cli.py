@@ -63,6 +63,19 @@ def output_file(text: str) -> Path:
     return path
 
 
+def add_set_argument(parser: argparse.ArgumentParser, what: str, example: str, config_class: str) -> None:
+    """``--set KEY=VALUE`` (repeatable): override one field of the stage's config dataclass."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        type=set_argument,
+        action="append",
+        default=[],
+        help=f"override one {what} setting, e.g. --set {example} (repeatable; keys: {config_class} fields)",
+    )
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """``--params``/``--run``: take a run's settings from the params file (flags given explicitly win)."""
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS_PATH, help="params file (default: params.yaml)")
@@ -199,15 +212,7 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
     add_system_arguments(parser)
     parser.add_argument("--reference", required=True, type=Path, help="reference JSON of the same system")
     parser.add_argument("--out-dir", required=True, type=Path, help="output directory (checkpoints, metrics, model)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="KEY=VALUE",
-        type=set_argument,
-        action="append",
-        default=[],
-        help="override one training setting, e.g. --set steps=300 (repeatable; keys: TrainConfig fields)",
-    )
+    add_set_argument(parser, "training", "steps=300", "TrainConfig")
     parser.add_argument("--fresh", action="store_true", help="start from step 0 even if --out-dir holds a checkpoint")
     parser.set_defaults(handler=run_train)
 
@@ -266,15 +271,7 @@ def add_distill(subparsers: argparse._SubParsersAction) -> None:
         help="reference JSON of the same system (default: reference_per_site of the teacher's metrics.json)",
     )
     parser.add_argument("--out-dir", required=True, type=Path, help="output directory (checkpoint, metrics, model)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="KEY=VALUE",
-        type=set_argument,
-        action="append",
-        default=[],
-        help="override one distillation setting, e.g. --set steps=300 (repeatable; keys: DistillConfig fields)",
-    )
+    add_set_argument(parser, "distillation", "steps=300", "DistillConfig")
     parser.add_argument("--fresh", action="store_true", help="start from step 0 even if --out-dir holds a checkpoint")
     parser.set_defaults(handler=run_distill)
 
@@ -362,15 +359,7 @@ def add_profile(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--baseline", required=True, type=Path, help="train stage out dir (model.pt, metrics.json)")
     parser.add_argument("--reference", type=Path, default=None, help="reference JSON (fills reference_per_site)")
     parser.add_argument("--out", required=True, type=output_file, help="profile CSV (components CSV beside it)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="KEY=VALUE",
-        type=set_argument,
-        action="append",
-        default=[],
-        help="override one profile setting, e.g. --set n_batches=2 (repeatable; keys: ProfileConfig fields)",
-    )
+    add_set_argument(parser, "profile", "n_batches=2", "ProfileConfig")
     parser.set_defaults(handler=run_profile)
 
 

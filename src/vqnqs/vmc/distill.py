@@ -47,7 +47,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from vqnqs.config import check_field_types
 from vqnqs.io import atomic_open, ensure_writable_dir, write_json
@@ -75,7 +74,7 @@ from vqnqs.vmc.checkpoint import (
 from vqnqs.vmc.gradient import energy_statistics
 from vqnqs.vmc.local_energy import local_energy
 from vqnqs.vmc.optim import SCHEDULES, make_optimizer, scheduled
-from vqnqs.vmc.trainer import DEVICES, DTYPES, TrainingError, resolve_device, system_info
+from vqnqs.vmc.trainer import DEVICES, DTYPES, TrainingError, resolve_device, run_steps, system_info
 
 CHECKPOINT_FILE = "checkpoint.pt"
 HISTORY_FILE = "history.csv"
@@ -600,26 +599,8 @@ class Distiller:
                 )
             except StaleCheckpoint as stale:  # the pipeline reran this stage because its settings changed
                 print(f"distill: {stale}; starting afresh", file=sys.stderr)
-        first_step = self.step
-        invocation_start = tick = time.perf_counter()
-        disable = None if progress is None else not progress
-        desc = f"distill {self.bits} bits"
-        with tqdm(total=config.steps, initial=self.step, desc=desc, disable=disable, dynamic_ncols=True) as bar:
-            while self.step < config.steps:
-                row = self.update()
-                self.history.append(row)
-                if tracker is not None:
-                    tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"])
-                bar.update(1)
-                bar.set_postfix_str(f"loss={row['loss']:.2e}")
-                self.wall_time_s += time.perf_counter() - tick
-                tick = time.perf_counter()
-                if self.step % config.checkpoint_every == 0 or self.step == config.steps:
-                    self.save()
-                    if tracker is not None:
-                        tracker.flush()
-        steps_run = self.step - first_step
-        distill_time = time.perf_counter() - invocation_start
+        postfix = lambda row: f"loss={row['loss']:.2e}"  # noqa: E731
+        steps_run, distill_time = run_steps(self, f"distill {self.bits} bits", postfix, tracker, progress)
 
         eval_start = time.perf_counter()
         metrics = self.evaluate()

@@ -265,6 +265,32 @@ class _CountingLogPsi:
 # --- the loop -------------------------------------------------------------------------------------
 
 
+def run_steps(stage, desc: str, postfix, tracker: Run | None, progress: bool | None) -> tuple[int, float]:
+    """Run ``stage.update()`` until ``stage.step == stage.config.steps``: one history row and MLflow step
+    per update, a tqdm bar (``postfix(row)`` beside it), ``stage.save()`` every ``checkpoint_every`` steps
+    and at the last. Shared by :class:`Trainer` and the distiller. Returns (updates run, their seconds).
+    """
+    config = stage.config
+    first_step = stage.step
+    invocation_start = tick = time.perf_counter()
+    disable = None if progress is None else not progress  # None: tqdm shows the bar on a terminal only
+    with tqdm(total=config.steps, initial=stage.step, desc=desc, disable=disable, dynamic_ncols=True) as bar:
+        while stage.step < config.steps:
+            row = stage.update()
+            stage.history.append(row)
+            if tracker is not None:
+                tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+            bar.update(1)
+            bar.set_postfix_str(postfix(row))
+            stage.wall_time_s += time.perf_counter() - tick
+            tick = time.perf_counter()
+            if stage.step % config.checkpoint_every == 0 or stage.step == config.steps:
+                stage.save()
+                if tracker is not None:
+                    tracker.flush()
+    return stage.step - first_step, time.perf_counter() - invocation_start
+
+
 class Trainer:
     """Model, optimiser and sampler of one run, restorable from a checkpoint in ``out_dir``."""
 
@@ -450,25 +476,8 @@ class Trainer:
                 )
             except StaleCheckpoint as stale:  # the pipeline reran this stage because its settings changed
                 print(f"train: {stale}; starting afresh", file=sys.stderr)
-        first_step = self.step
-        invocation_start = tick = time.perf_counter()
-        disable = None if progress is None else not progress  # None: tqdm shows the bar on a terminal only
-        with tqdm(total=config.steps, initial=self.step, desc="train", disable=disable, dynamic_ncols=True) as bar:
-            while self.step < config.steps:
-                row = self.update()
-                self.history.append(row)
-                if tracker is not None:
-                    tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"])
-                bar.update(1)
-                bar.set_postfix_str(f"E/N={row['energy_per_site']:.6f} rel={row['rel_error']:.1e}")
-                self.wall_time_s += time.perf_counter() - tick
-                tick = time.perf_counter()
-                if self.step % config.checkpoint_every == 0 or self.step == config.steps:
-                    self.save()
-                    if tracker is not None:
-                        tracker.flush()
-        steps_run = self.step - first_step
-        train_time = time.perf_counter() - invocation_start
+        postfix = lambda row: f"E/N={row['energy_per_site']:.6f} rel={row['rel_error']:.1e}"  # noqa: E731
+        steps_run, train_time = run_steps(self, "train", postfix, tracker, progress)
 
         eval_start = time.perf_counter()
         metrics = self.evaluate()
