@@ -131,9 +131,14 @@ def main(argv: list[str] | None = None) -> dict:
         result["flops"] = {
             "dense_per_sample": flops.flops_dense_per_sample,
             "dedup_per_sample": flops.flops_dedup_per_sample,
+            "dedup_no_prefix_per_sample": flops.flops_dedup_no_prefix_per_sample,
             "total_savings": flops.total_savings,
+            "total_savings_no_prefix": flops.total_savings_no_prefix,
             "quantized_ops_savings": flops.quantized_ops_savings,
-            "by_component": {name: {"dense": d, "dedup": u} for name, (d, u) in flops.by_component().items()},
+            "by_component": {
+                name: dict(zip(("dense", "dedup", "dedup_no_prefix"), values, strict=True))
+                for name, values in flops.by_component_all_paths().items()
+            },
         }
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -160,7 +165,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if "flops" in result:
         f = result["flops"]
-        print(f"  FLOPs/sample {f['dense_per_sample']:.4g} -> {f['dedup_per_sample']:.4g}: x{f['total_savings']:.2f}")
+        print(
+            f"  FLOPs/sample {f['dense_per_sample']:.4g} -> {f['dedup_per_sample']:.4g}: x{f['total_savings']:.2f}"
+            f" (without prefix reuse {f['dedup_no_prefix_per_sample']:.4g}: x{f['total_savings_no_prefix']:.2f})"
+        )
     return result
 
 

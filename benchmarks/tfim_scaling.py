@@ -39,6 +39,8 @@ from vqnqs.profiling.timing import environment, load_average, time_local_energy
 from vqnqs.profiling.untrained import untrained_vq_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Dense forward; the engine (attention once per distinct prefix); the engine without prefix reuse (the paper's).
+PATHS = ("dense", "dedup", "dedup_no_prefix")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,11 +89,15 @@ def measure(args: argparse.Namespace, n: int) -> dict:
         "configs_per_sample": flops.configs_per_sample,
         "flops_dense_per_sample": flops.flops_dense_per_sample,
         "flops_dedup_per_sample": flops.flops_dedup_per_sample,
+        "flops_dedup_no_prefix_per_sample": flops.flops_dedup_no_prefix_per_sample,
         "total_savings": flops.total_savings,
+        "total_savings_no_prefix": flops.total_savings_no_prefix,
         "quantized_ops_savings": flops.quantized_ops_savings,
         "unique_fraction": flops.unique_fraction(),
         "code_tuples": flops.code_tuples,
-        "components": {name: {"dense": d, "dedup": u} for name, (d, u) in flops.by_component().items()},
+        "components": {
+            name: dict(zip(PATHS, values, strict=True)) for name, values in flops.by_component_all_paths().items()
+        },
         "bits": model_bits(model),
     }
     if args.time:
@@ -105,7 +111,7 @@ def fits(records: list[dict]) -> dict:
     n = [r["n_sites"] for r in records]
     out: dict = {}
     for component in ("total", *COMPONENTS):
-        for path in ("dense", "dedup"):
+        for path in PATHS:
             if component == "total":
                 y = [r[f"flops_{path}_per_sample"] for r in records]
             else:
@@ -135,7 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
         r = records[-1]
         print(
             f"N={n:4d}: FLOPs/sample dense {r['flops_dense_per_sample']:.4g}, dedup {r['flops_dedup_per_sample']:.4g}"
-            f" (x{r['total_savings']:.2f}; quantised ops x{r['quantized_ops_savings']:.2f}) "
+            f" (x{r['total_savings']:.2f}; x{r['total_savings_no_prefix']:.2f} without prefix reuse; "
+            f"quantised ops x{r['quantized_ops_savings']:.2f}) "
             f"[{time.perf_counter() - t0:.0f} s]",
             flush=True,
         )
@@ -146,9 +153,9 @@ def main(argv: list[str] | None = None) -> dict:
     for r in records:
         for component in ("total", *COMPONENTS):
             if component == "total":
-                dense, dedup = r["flops_dense_per_sample"], r["flops_dedup_per_sample"]
+                flops = {path: r[f"flops_{path}_per_sample"] for path in PATHS}
             else:
-                dense, dedup = r["components"][component]["dense"], r["components"][component]["dedup"]
+                flops = r["components"][component]
             rows.append(
                 {
                     "system": "tfim",
@@ -157,8 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "model": "vq-nqs-untrained",
                     "bits": bits,
                     "component": component,
-                    "flops_dense_per_sample": dense,
-                    "flops_dedup_per_sample": dedup,
+                    **{f"flops_{path}_per_sample": flops[path] for path in PATHS},
                 }
             )
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -182,11 +188,10 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(args.out_dir / f"{name}.json", result)
 
     print(f"\nFLOPs per sample ~ prefactor * N^exponent ({result['flop_ops']}, batch {args.batch}):")
-    print(f"{'component':22s} {'dense exp':>10s} {'dedup exp':>10s}")
+    print(f"{'component':22s}" + "".join(f"{path + ' exp':>22s}" for path in PATHS))
     for component, paths in fitted.items():
-        dense = paths.get("dense", {}).get("exponent", float("nan"))
-        dedup = paths.get("dedup", {}).get("exponent", float("nan"))
-        print(f"{component:22s} {dense:10.3f} {dedup:10.3f}")
+        exponents = [paths.get(path, {}).get("exponent", float("nan")) for path in PATHS]
+        print(f"{component:22s}" + "".join(f"{e:22.3f}" for e in exponents))
     print(f"-> {args.out_dir / name}.csv, .json")
     return result
 
