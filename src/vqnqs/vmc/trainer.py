@@ -99,8 +99,9 @@ class TrainConfig:
     """Everything a training run depends on; ``train`` in params.yaml and ``--set`` fill it."""
 
     # --- optimisation ---
-    # Parameter updates (VMC iterations).
-    steps: int = 900
+    # Parameter updates (VMC iterations). 4x4 Heisenberg with these defaults on one CPU thread: 1800 steps in
+    # 13.7 min reach an exact relative error of 9.4e-5 (900 steps: 1.5e-4), enumerating all sector states.
+    steps: int = 1800
     # Exact samples of |psi|^2 per iteration. Near convergence the energy variance reached after a given
     # number of steps falls about as 1 / n_samples (4x4 Heisenberg), so this is the knob that buys accuracy.
     n_samples: int = 1024
