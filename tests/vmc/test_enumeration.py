@@ -30,3 +30,19 @@ def test_enumerated_energy_is_the_dense_expectation(system, size, shape, sz):
     assert result["norm"] == pytest.approx(1.0, abs=1e-12)
     assert result["n_states"] == (70 if sz else 256)
     assert np.count_nonzero(psi) == result["n_states"]
+
+
+def test_final_evaluation_adds_the_exact_energy_on_small_lattices(tmp_path, chain):
+    from vqnqs.vmc.trainer import Trainer
+
+    from .conftest import tiny_config
+
+    hamiltonian, reference = chain
+    trainer = Trainer(hamiltonian, tiny_config(eval_samples=4096), tmp_path, reference)
+    metrics = trainer.run(progress=False)
+    exact = exact_energy(hamiltonian, trainer.model.double())["energy_per_site"]
+    assert metrics["exact_states"] == 256
+    assert metrics["exact_energy_per_site"] == pytest.approx(exact, rel=1e-6)  # float32 model vs its float64 copy
+    assert metrics["exact_rel_error"] == pytest.approx(abs(exact - reference) / abs(reference), rel=1e-4)
+    # the sampled estimate agrees with the exact one within its statistical error
+    assert abs(metrics["energy_per_site"] - exact) < 5 * metrics["energy_error"]

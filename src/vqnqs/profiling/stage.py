@@ -299,6 +299,7 @@ def profile_row(
         "bits": _bits_value(model_bits(model)),
         "energy_per_site": energy,
         "rel_error": rel_error,
+        "exact_rel_error": _number(metrics, "exact_rel_error"),  # by enumeration, small lattices only
         "flops_dense": flops.flops_dense_per_batch,
         "flops_dedup": flops.flops_dedup_per_batch,
         "total_savings": flops.total_savings,

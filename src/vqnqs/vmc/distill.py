@@ -71,6 +71,7 @@ from vqnqs.vmc.checkpoint import (
     save_model,
     vq_config_to_dict,
 )
+from vqnqs.vmc.enumeration import exact_metrics
 from vqnqs.vmc.gradient import energy_statistics
 from vqnqs.vmc.local_energy import local_energy
 from vqnqs.vmc.optim import SCHEDULES, make_optimizer, scheduled
@@ -580,6 +581,7 @@ class Distiller:
             "teacher_rel_error": (
                 abs(teacher_energy - self.reference) / abs(self.reference) if teacher_energy is not None else None
             ),
+            **exact_metrics(self.hamiltonian, student, self.reference),  # small lattices: no sampling error
         }
 
     # --- the whole run ---

@@ -50,6 +50,7 @@ from vqnqs.vmc.checkpoint import (
     save_checkpoint,
     save_model,
 )
+from vqnqs.vmc.enumeration import exact_metrics
 from vqnqs.vmc.gradient import energy_loss, energy_statistics, log_derivatives
 from vqnqs.vmc.local_energy import local_energy
 from vqnqs.vmc.optim import OPTIMIZERS, SCHEDULES, make_optimizer, scheduled, set_gradients, sr_direction
@@ -459,6 +460,7 @@ class Trainer:
             "energy": stats.mean,
             "eval_samples": config.eval_samples,
             "eval_eloc_configs_per_s": counted.count / eloc_time,
+            **exact_metrics(self.hamiltonian, self.model, self.reference),  # small lattices: no sampling error
         }
 
     # --- the whole run ---
