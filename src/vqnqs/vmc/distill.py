@@ -139,8 +139,9 @@ class DistillConfig:
     """Everything a distillation run depends on (besides the teacher and ``bits``); ``distill`` in params.yaml."""
 
     # --- optimisation ---
-    # Adam updates of the student (~1 min on one CPU thread for 4x4 Heisenberg at the train defaults).
-    steps: int = 1000
+    # Adam updates of the student. 4x4 Heisenberg, 6 bits, from a teacher at 9.4e-5 (one CPU thread): 1000 steps
+    # in 32 s reach an exact relative error of 1.7e-3 (fidelity 0.9965), 3000 steps in 102 s 6.8e-4 (0.9992).
+    steps: int = 3000
     # Fresh exact teacher samples per step (the L2 loss is their mean).
     n_samples: int = 512
     # Peak Adam learning rate (after warmup). Larger rates knock the copied teacher weights about.
