@@ -280,3 +280,17 @@ def test_untrained_vq_model_has_data_initialised_codebooks(tfim8):
     for q, r, before in zip(model.quantizers, again.quantizers, raw.quantizers, strict=True):
         assert torch.equal(q.codebook, r.codebook)  # deterministic for a seed
         assert not torch.equal(q.codebook, before.codebook)  # fitted to data, not the random normal init
+
+
+def test_repeated_samples_are_counted_once_on_both_paths(tfim8):
+    """A local energy needs each distinct configuration once: repeats in a batch buy no savings."""
+    from vqnqs.profiling.flops import draw_samples
+
+    model = tiny_vq(n_blocks=1, seed=3)
+    s = draw_samples(model, 8, 0)
+    once = profile_flops(tfim8, model, batches=[s])
+    repeated = profile_flops(tfim8, model, batches=[torch.cat([s, s.flip(0), s])])
+    assert (repeated.drawn, repeated.batch) == (3 * s.shape[0], once.batch)
+    assert repeated.total_savings == pytest.approx(once.total_savings, rel=1e-12)
+    for cell, flops in once.dense.items():
+        assert repeated.dense[cell] == pytest.approx(flops, rel=1e-12), cell

@@ -42,7 +42,8 @@ def test_stage_writes_the_contract_columns(model_dirs, tmp_path):
         assert (row["system"], row["size"], row["n_sites"], row["d_model"]) == ("tfim", "8", "8", "8")
         for key in CONTRACT_COLUMNS[5:] + ("flops_dense_per_sample", "flops_dedup_per_sample", "unique_frac_block1"):
             assert float(row[key]) > 0, key
-        assert float(row["flops_dense"]) == pytest.approx(8 * float(row["flops_dense_per_sample"]))
+        assert 1 <= float(row["batch"]) <= int(row["drawn_batch"]) == 8  # distinct of the 8 drawn
+        assert float(row["flops_dense"]) == pytest.approx(float(row["batch"]) * float(row["flops_dense_per_sample"]))
         assert float(row["total_savings"]) == pytest.approx(
             float(row["flops_dense_per_sample"]) / float(row["flops_dedup_per_sample"])
         )

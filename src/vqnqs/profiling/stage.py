@@ -4,7 +4,8 @@ Inputs: a distill out dir (the VQ student's ``model.pt`` and ``metrics.json``) a
 its teacher (the baseline's ``model.pt`` and ``metrics.json``). For each of the two models, on batches
 of exact samples drawn from that model:
 
-- FLOPs of ``local_energy`` (all valid connected configurations of a batch) on the dense path and
+- FLOPs of ``local_energy`` (all valid connected configurations of the batch's distinct samples: repeats
+  are dropped first, as the trainer does, on both paths) on the dense path and
   through the dedup engine, by component (:mod:`vqnqs.profiling.flops`), averaged over ``n_batches``;
 - savings as in the paper's Table 1: total, and over the quantised ops only; with our engine (attention
   once per distinct prefix) and, like for like with the paper, without prefix reuse (``*_no_prefix``);
@@ -35,7 +36,15 @@ from vqnqs.io import atomic_open
 from vqnqs.models.transformer import AutoregressiveTransformer
 from vqnqs.models.vq import VQTransformer
 from vqnqs.physics.hamiltonian import Hamiltonian
-from vqnqs.profiling.flops import COMPONENTS, FlopProfile, draw_samples, layer_names, model_bits, profile_flops
+from vqnqs.profiling.flops import (
+    COMPONENTS,
+    FlopProfile,
+    distinct_samples,
+    draw_samples,
+    layer_names,
+    model_bits,
+    profile_flops,
+)
 from vqnqs.profiling.timing import Timing, time_local_energy
 
 MODEL_FILE = "model.pt"
@@ -264,7 +273,7 @@ def measure_model(
     timings: dict[str, Timing] = {}
     timing_devices = config.resolved_timing_devices()
     if timing_devices:
-        s = draw_samples(model, config.batch, config.seed)  # the first batch of the FLOP profile
+        s = distinct_samples(draw_samples(model, config.batch, config.seed))  # the FLOP profile's first batch
         for timing_device in timing_devices:
             model = model.to(timing_device)
             timings[timing_device.type] = time_local_energy(
@@ -309,7 +318,6 @@ def profile_row(
         "time_speedup": first.speedup if first else None,
         "flops_dedup_no_prefix": flops.batch * flops.flops_dedup_no_prefix_per_sample,
         "total_savings_no_prefix": flops.total_savings_no_prefix,
-        "quantized_ops_savings_no_prefix": flops.quantized_ops_savings_no_prefix,
         "flops_dense_per_sample": flops.flops_dense_per_sample,
         "flops_dedup_per_sample": flops.flops_dedup_per_sample,
         "flops_quantized_dense_per_sample": flops.quantized_dense_per_sample,
@@ -325,7 +333,8 @@ def profile_row(
         "vq_heads": model.vq_config.heads if isinstance(model, VQTransformer) else 0,
         "vq_codes": model.vq_config.codes if isinstance(model, VQTransformer) else 0,
         "n_params": model.n_params,
-        "batch": flops.batch,
+        "batch": flops.batch,  # distinct samples per batch (the FLOPs and timings are on these)
+        "drawn_batch": flops.drawn,
         "n_batches": flops.n_batches,
         "configs_per_sample": flops.configs_per_sample,
         "flop_ops": "matmul+elementwise" if flops.elementwise else "matmul",
