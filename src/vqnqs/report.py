@@ -255,6 +255,7 @@ def figure_distillation(table1: pd.DataFrame, figures: Path) -> str:
         title="VQ-NQS students vs bandwidth (dashed: baseline teacher)",
     )
     _log_ticks(ax, data["bits"])
+    ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left")  # outside: the lines span the whole plot
     return _save_figure(fig, data, figures, "distillation_error")
 
 
