@@ -120,6 +120,10 @@ def test_interrupted_training_resumes(workdir, stop):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group, so the signal reaches the training too
+        # A runner that starts the tests in the background (`cmd &` in a script) leaves SIGINT ignored, and an
+        # ignored signal stays ignored in every child: give snakemake (and so its jobs) the default, as a
+        # terminal's Ctrl-C finds it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     wait_for(checkpoint, snakemake)
     time.sleep(1.0)  # let it pass a few more checkpoints
