@@ -23,6 +23,12 @@ from vqnqs.vmc.local_energy import local_energy
 MAX_STATES = 2**22  # enumeration beyond this is a job for sampling
 
 
+def states_to_enumerate(hamiltonian: Hamiltonian, model: AutoregressiveTransformer) -> int:
+    """Configurations with nonzero P: the model's Sz sector (``config.n_down`` down spins) or all 2^N."""
+    n_sites, n_down = hamiltonian.n_sites, model.config.n_down
+    return math.comb(n_sites, n_down) if n_down is not None else 2**n_sites
+
+
 def exact_energy(hamiltonian: Hamiltonian, model: AutoregressiveTransformer, chunk_size: int = 1024) -> dict:
     """``{"energy_per_site", "norm", "n_states"}`` of ``model``'s state, summed over every configuration.
 
@@ -30,7 +36,7 @@ def exact_energy(hamiltonian: Hamiltonian, model: AutoregressiveTransformer, chu
     P over the states enumerated (1 up to float rounding): a check that nothing was left out.
     """
     n_sites, n_down = hamiltonian.n_sites, model.config.n_down
-    n_states = math.comb(n_sites, n_down) if n_down is not None else 2**n_sites
+    n_states = states_to_enumerate(hamiltonian, model)
     if n_states > MAX_STATES:
         raise ValueError(f"{n_states:.3g} configurations to enumerate (more than {MAX_STATES}): use sampling")
     s = all_configurations(n_sites, n_down).to(model.device)  # (D, N)
@@ -52,8 +58,7 @@ EVAL_MAX_STATES = 2**16
 def exact_metrics(hamiltonian: Hamiltonian, model: AutoregressiveTransformer, reference: float) -> dict:
     """``exact_energy_per_site``, ``exact_rel_error`` and ``exact_states`` of ``model`` (a float64 copy, so
     that the sum carries no float32 rounding), or ``{}`` where more than :data:`EVAL_MAX_STATES` states."""
-    n_sites, n_down = hamiltonian.n_sites, model.config.n_down
-    n_states = math.comb(n_sites, n_down) if n_down is not None else 2**n_sites
+    n_states = states_to_enumerate(hamiltonian, model)
     if n_states > EVAL_MAX_STATES:
         return {}
     exact = exact_energy(hamiltonian, copy.deepcopy(model).double().eval())
