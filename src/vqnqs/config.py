@@ -107,3 +107,12 @@ def check_field_types(config: Any) -> None:
             object.__setattr__(config, name, value)
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise ValueError(f"{name} {value!r}: expected {expected}")
+
+
+def config_from_mapping(cls: type, mapping: dict, what: str) -> Any:
+    """``cls(**mapping)`` for a config dataclass; an unknown key raises ``ValueError`` naming it and ``what``."""
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in mapping:
+        if key not in known:
+            raise ValueError(f"{what} setting {key!r}: unknown (known: {', '.join(known)})")
+    return cls(**mapping)

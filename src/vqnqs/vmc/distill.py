@@ -48,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-from vqnqs.config import check_field_types
+from vqnqs.config import check_field_types, config_from_mapping
 from vqnqs.io import atomic_open, ensure_writable_dir, write_json
 from vqnqs.models import (
     AutoregressiveTransformer,
@@ -231,11 +231,7 @@ class DistillConfig:
     @classmethod
     def from_mapping(cls, mapping: dict) -> DistillConfig:
         """Build from a params-file mapping; an unknown key raises ``ValueError`` naming it."""
-        known = [f.name for f in dataclasses.fields(cls)]
-        for key in mapping:
-            if key not in known:
-                raise ValueError(f"distill setting {key!r}: unknown (known: {', '.join(known)})")
-        return cls(**mapping)
+        return config_from_mapping(cls, mapping, "distill")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

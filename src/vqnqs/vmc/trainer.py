@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from vqnqs.config import check_field_types
+from vqnqs.config import check_field_types, config_from_mapping
 from vqnqs.dedup import dedup_log_psi
 from vqnqs.io import atomic_open, ensure_writable_dir, write_json
 from vqnqs.models import AutoregressiveTransformer, TransformerConfig
@@ -186,11 +186,7 @@ class TrainConfig:
     @classmethod
     def from_mapping(cls, mapping: dict) -> TrainConfig:
         """Build from a params-file mapping; an unknown key raises ``ValueError`` naming it."""
-        known = [f.name for f in dataclasses.fields(cls)]
-        for key in mapping:
-            if key not in known:
-                raise ValueError(f"train setting {key!r}: unknown (known: {', '.join(known)})")
-        return cls(**mapping)
+        return config_from_mapping(cls, mapping, "train")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
