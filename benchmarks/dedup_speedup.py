@@ -33,7 +33,7 @@ import torch
 from vqnqs.dedup import dedup_log_prob
 from vqnqs.io import write_json
 from vqnqs.physics.hamiltonian import build_hamiltonian
-from vqnqs.profiling.flops import connected_configs, draw_samples, model_bits, profile_flops
+from vqnqs.profiling.flops import connected_configs, distinct_samples, draw_samples, model_bits, profile_flops
 from vqnqs.profiling.timing import environment, load_average, time_local_energy
 from vqnqs.profiling.untrained import untrained_vq_model
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     hamiltonian = build_hamiltonian("heisenberg", args.size)
     started = time.perf_counter()
     model, source = build_model(args, hamiltonian)
-    s = draw_samples(model, args.batch, args.seed + 100)
+    s = distinct_samples(draw_samples(model, args.batch, args.seed + 100))  # as the profile counts them
     configs = connected_configs(hamiltonian, s)
     with torch.no_grad():
         stats = dedup_log_prob(model, configs).stats

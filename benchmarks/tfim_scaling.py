@@ -33,7 +33,7 @@ import torch
 
 from vqnqs.io import atomic_open, write_json
 from vqnqs.physics.hamiltonian import build_hamiltonian
-from vqnqs.profiling.flops import COMPONENTS, draw_samples, model_bits, profile_flops
+from vqnqs.profiling.flops import COMPONENTS, distinct_samples, draw_samples, model_bits, profile_flops
 from vqnqs.profiling.scaling import fit_power_law
 from vqnqs.profiling.timing import environment, load_average, time_local_energy
 from vqnqs.profiling.untrained import untrained_vq_model
@@ -80,7 +80,7 @@ def measure(args: argparse.Namespace, n: int) -> dict:
         device=args.device,
     )
     elementwise = not args.matmul_only
-    s = draw_samples(model, args.batch, args.seed + 100)
+    s = distinct_samples(draw_samples(model, args.batch, args.seed + 100))  # as the profile counts them
     dense_samples = args.dense_samples if args.dense_samples > 0 else None  # exact for the TFIM (N + 1 each)
     flops = profile_flops(hamiltonian, model, batches=[s], elementwise=elementwise, dense_samples=dense_samples)
     record = {
