@@ -8,7 +8,7 @@ import torch
 from scipy.stats import chisquare
 from torch import Tensor, nn
 
-from vqnqs.models import AutoregressiveTransformer, TransformerConfig
+from vqnqs.models import AutoregressiveTransformer, TransformerConfig, default_patch
 
 
 def all_configs(n_sites: int) -> Tensor:
@@ -195,6 +195,12 @@ def test_paper_shape() -> None:
     assert model.n_params == sum(p.numel() for p in model.parameters())
     assert model.patching.vocab_size == 16 and model.patching.n_tokens == 4
     assert TransformerConfig.paper((16,)).patch == 4
+
+
+@pytest.mark.parametrize("shape,patch", [((4, 4), 2), ((6, 6), 2), ((32,), 4), ((10,), 2), ((7,), 1)])
+def test_default_patch_tiles_the_lattice(shape, patch) -> None:
+    assert default_patch(shape) == patch
+    TransformerConfig(shape, default_patch(shape))  # validates the tiling
 
 
 @pytest.mark.parametrize(

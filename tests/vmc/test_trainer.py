@@ -9,7 +9,8 @@ import torch
 
 import vqnqs.vmc.trainer as trainer_module
 from vqnqs.vmc.checkpoint import load_checkpoint
-from vqnqs.vmc.trainer import METRICS_KEYS, TrainConfig, Trainer, TrainingError
+from vqnqs.physics.hamiltonian import build_hamiltonian
+from vqnqs.vmc.trainer import METRICS_KEYS, TrainConfig, Trainer, TrainingError, model_config
 
 from .conftest import TINY, tiny_config
 
@@ -142,10 +143,26 @@ def test_config_validation():
         ({"sz_sector": "yes"}, "sz_sector 'yes': expected bool"),
         ({"warmup_steps": 10, "steps": 10}, "warmup_steps 10"),
         ({"schedule": "exponential", "lr_final": 0.0}, "lr_final"),
+        ({"patch": 0}, "patch 0: must be a positive integer or null"),
     ]
     for changes, message in bad:
         with pytest.raises(ValueError, match=message):
             TrainConfig.from_mapping({**TINY, **changes})
+
+
+@pytest.mark.parametrize(
+    "system,size,patch,expected",
+    [
+        ("tfim", "32", None, 4),
+        ("tfim", "10", None, 2),
+        ("heisenberg", "4x4", None, 2),
+        ("tfim", "32", 2, 2),
+    ],
+)
+def test_model_config_patch(system, size, patch, expected):
+    """No patch given: the lattice's default (4 spins on a chain, 2x2 on a square); a given one is kept."""
+    hamiltonian = build_hamiltonian(system, size)
+    assert model_config(TrainConfig(patch=patch), hamiltonian).patch == expected
 
 
 def test_the_dedup_local_energy_follows_the_dense_trajectory(tmp_path, chain):

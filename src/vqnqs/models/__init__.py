@@ -8,6 +8,7 @@ from vqnqs.models.transformer import (
     FeedForward,
     KVCache,
     TransformerConfig,
+    default_patch,
 )
 from vqnqs.models.vq import (
     VectorQuantizer,
@@ -26,6 +27,7 @@ __all__ = [
     "KVCache",
     "Patching",
     "TransformerConfig",
+    "default_patch",
     "validate_patching",
     "VectorQuantizer",
     "VQConfig",

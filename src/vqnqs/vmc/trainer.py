@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from vqnqs.config import check_field_types, config_from_mapping
 from vqnqs.dedup import dedup_log_psi
 from vqnqs.io import atomic_open, ensure_writable_dir, write_json
-from vqnqs.models import AutoregressiveTransformer, TransformerConfig
+from vqnqs.models import AutoregressiveTransformer, TransformerConfig, default_patch
 from vqnqs.physics.exact import ground_state_sector
 from vqnqs.physics.hamiltonian import Hamiltonian
 from vqnqs.tracking import Run
@@ -125,8 +125,9 @@ class TrainConfig:
     # The steady-state step is about lr / (1 - μ), so lower lr accordingly.
     sr_momentum: float = 0.9
     # --- model (the transformer's shape; lattice from the Hamiltonian) ---
-    # Spins per token: K consecutive spins on a chain, p x p blocks on a square lattice.
-    patch: int = 2
+    # Spins per token: K consecutive spins on a chain, p x p blocks on a square lattice. None: the paper's
+    # 2x2 on a square lattice, K = 4 on a chain (2 or 1 where 4 does not divide N; models.default_patch).
+    patch: int | None = None
     # Residual-stream width.
     d_model: int = 32
     # Attention heads (must divide d_model).
@@ -163,12 +164,12 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} {getattr(self, name)!r}: expected one of {', '.join(allowed)}")
-        positive = ("steps", "n_samples", "lr", "diag_shift", "diag_shift_final", "patch", "d_model", "n_heads")
+        positive = ("steps", "n_samples", "lr", "diag_shift", "diag_shift_final", "d_model", "n_heads")
         positive += ("chunk_size", "checkpoint_every", "eval_samples")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} {getattr(self, name)}: must be positive")
-        for name in ("d_ff", "threads"):
+        for name in ("patch", "d_ff", "threads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} {getattr(self, name)}: must be a positive integer or null")
         if not 0 <= self.sr_momentum < 1:
@@ -208,7 +209,7 @@ def model_config(config: TrainConfig, hamiltonian: Hamiltonian) -> TransformerCo
     n_down = ground_state_sector(hamiltonian) if config.sz_sector else None
     return TransformerConfig(
         lattice_shape=hamiltonian.lattice.shape,
-        patch=config.patch,
+        patch=default_patch(hamiltonian.lattice.shape) if config.patch is None else config.patch,
         d_model=config.d_model,
         n_heads=config.n_heads,
         n_blocks=config.n_blocks,
