@@ -245,14 +245,14 @@ def test_vq_model_file_round_trip_in_float64(tmp_path):
     assert type(baseline) is AutoregressiveTransformer
 
 
-def test_resume_continues_the_same_trajectory(tmp_path, chain, teacher_dir, monkeypatch):
-    straight = distiller(
-        tmp_path, chain, teacher_dir, name="straight", steps=20, checkpoint_every=4, dead_after=3, energy_every=3
-    )
+@pytest.mark.parametrize("steps, finetune_steps", [(20, 0), (6, 14)])  # interrupted in the fit / fine-tuning
+def test_resume_continues_the_same_trajectory(tmp_path, chain, teacher_dir, monkeypatch, steps, finetune_steps):
+    settings = {"steps": steps, "finetune_steps": finetune_steps, "finetune_samples": 64, "dead_after": 3}
+    straight = distiller(tmp_path, chain, teacher_dir, name="straight", checkpoint_every=4, energy_every=3, **settings)
     metrics = straight.run(progress=False)
 
     interrupted = distiller(
-        tmp_path, chain, teacher_dir, name="resumed", steps=20, checkpoint_every=4, dead_after=3, energy_every=3
+        tmp_path, chain, teacher_dir, name="resumed", checkpoint_every=4, energy_every=3, **settings
     )
     real_update, calls = Distiller.update, {"n": 0}
 
@@ -268,9 +268,7 @@ def test_resume_continues_the_same_trajectory(tmp_path, chain, teacher_dir, monk
     monkeypatch.setattr(Distiller, "update", real_update)
     assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["step"] == 8
 
-    resumed = distiller(
-        tmp_path, chain, teacher_dir, name="resumed", steps=20, checkpoint_every=5, dead_after=3, energy_every=3
-    )
+    resumed = distiller(tmp_path, chain, teacher_dir, name="resumed", checkpoint_every=5, energy_every=3, **settings)
     resumed_metrics = resumed.run(progress=False)
     for name, value in straight.student.state_dict().items():
         assert torch.equal(resumed.student.state_dict()[name], value), name
@@ -300,6 +298,25 @@ def test_resume_with_other_settings_or_teacher_starts_afresh(tmp_path, chain, te
     assert distiller(tmp_path, chain, teacher_dir, steps=4).run(resume=False, progress=False)["steps"] == 4
 
 
+def test_finetuning_lowers_the_student_energy(tmp_path, chain, teacher_dir):
+    """VMC on the student's own energy after the fit: the exact energy (enumeration) goes down, towards E0.
+
+    The teacher is random (far from the ground state), so the fitted student is too, and the fine-tuning's
+    SR steps have a large energy to remove; each phase writes its own history rows.
+    """
+    hamiltonian, reference = chain
+    d = distiller(tmp_path, chain, teacher_dir, steps=20, finetune_steps=30, finetune_samples=256, finetune_lr=0.02)
+    metrics = d.run(progress=False)
+    fitted, finetuned = metrics["fit_exact_energy_per_site"], metrics["exact_energy_per_site"]
+    assert finetuned < fitted - 0.5 * (fitted - reference)  # at least half way to the ground state (85% measured)
+    assert finetuned > reference - 1e-9  # variational
+    assert (metrics["steps"], metrics["fit_steps"], metrics["finetune_steps"]) == (50, 20, 30)
+    rows = history(tmp_path / "out")
+    assert [r["phase"] for r in rows] == ["fit"] * 20 + ["vmc"] * 30
+    assert all(r["loss"] == "" and r["energy_per_site"] != "" for r in rows[20:])
+    assert metrics["final_loss"] == float(rows[19]["loss"])
+
+
 def test_nan_stops_the_run(tmp_path, chain, teacher_dir, monkeypatch):
     d = distiller(tmp_path, chain, teacher_dir, steps=6)
     real = d.teacher_model.log_psi
@@ -325,6 +342,9 @@ def test_nan_stops_the_run(tmp_path, chain, teacher_dir, monkeypatch):
         ({"check_samples": 300, "eval_samples": 200}, "check_samples 300"),
         ({"steps": True}, "steps True: expected int"),
         ({"codebook_lr": 0}, "codebook_lr 0"),
+        ({"finetune_steps": -1}, "finetune_steps -1: must be >= 0"),
+        ({"finetune_samples": 1}, "finetune_samples 1: need at least 2"),
+        ({"finetune_lr": 0}, "finetune_lr 0.0: must be positive"),
     ],
 )
 def test_config_validation_names_the_field(setting, message):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import vqnqs.vmc.trainer as trainer_module
-from vqnqs.vmc.checkpoint import load_checkpoint
 from vqnqs.physics.hamiltonian import build_hamiltonian
+from vqnqs.vmc.checkpoint import load_checkpoint
 from vqnqs.vmc.trainer import METRICS_KEYS, TrainConfig, Trainer, TrainingError, model_config
 
 from .conftest import TINY, tiny_config

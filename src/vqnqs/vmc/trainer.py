@@ -51,9 +51,9 @@ from vqnqs.vmc.checkpoint import (
     save_model,
 )
 from vqnqs.vmc.enumeration import exact_metrics
-from vqnqs.vmc.gradient import energy_loss, energy_statistics, log_derivatives
+from vqnqs.vmc.gradient import EnergyStats, energy_loss, energy_statistics, log_derivatives
 from vqnqs.vmc.local_energy import local_energy
-from vqnqs.vmc.optim import OPTIMIZERS, SCHEDULES, make_optimizer, scheduled, set_gradients, sr_direction
+from vqnqs.vmc.optim import OPTIMIZERS, SCHEDULES, SR, make_optimizer, scheduled, set_gradients, sr_direction
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -265,7 +265,7 @@ class _CountingLogPsi:
 
 
 def run_steps(stage, desc: str, postfix, tracker: Run | None, progress: bool | None) -> tuple[int, float]:
-    """Run ``stage.update()`` until ``stage.step == stage.config.steps``: one history row and MLflow step
+    """Run ``stage.update()`` until ``stage.step == stage.total_steps``: one history row and MLflow step
     per update, a tqdm bar (``postfix(row)`` beside it), ``stage.save()`` every ``checkpoint_every`` steps
     and at the last. Shared by :class:`Trainer` and the distiller. Returns (updates run, their seconds).
     """
@@ -273,21 +273,96 @@ def run_steps(stage, desc: str, postfix, tracker: Run | None, progress: bool | N
     first_step = stage.step
     invocation_start = tick = time.perf_counter()
     disable = None if progress is None else not progress  # None: tqdm shows the bar on a terminal only
-    with tqdm(total=config.steps, initial=stage.step, desc=desc, disable=disable, dynamic_ncols=True) as bar:
-        while stage.step < config.steps:
+    total = stage.total_steps
+    with tqdm(total=total, initial=stage.step, desc=desc, disable=disable, dynamic_ncols=True) as bar:
+        while stage.step < total:
             row = stage.update()
             stage.history.append(row)
             if tracker is not None:
-                tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+                numbers = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
+                tracker.log_metrics(numbers, step=row["step"])
             bar.update(1)
             bar.set_postfix_str(postfix(row))
             stage.wall_time_s += time.perf_counter() - tick
             tick = time.perf_counter()
-            if stage.step % config.checkpoint_every == 0 or stage.step == config.steps:
+            if stage.step % config.checkpoint_every == 0 or stage.step == total:
                 stage.save()
                 if tracker is not None:
                     tracker.flush()
     return stage.step - first_step, time.perf_counter() - invocation_start
+
+
+@dataclass(frozen=True)
+class VMCStepResult:
+    """What one VMC update measured (on the batch drawn before the update)."""
+
+    stats: EnergyStats  # E_loc statistics of the whole system
+    grad_norm: float  # |dE/dθ| (eq. 3)
+    distinct_samples: int  # distinct configurations among the samples (each evaluated once)
+    eloc_configs_per_s: float  # connected configurations through the network per second of local energy
+
+    def energy_row(self, n_sites: int, reference: float) -> dict:
+        """``energy_per_site``, ``energy_error``, ``variance``, ``rel_error`` for a history row."""
+        energy = self.stats.mean / n_sites
+        return {
+            "energy_per_site": energy,
+            "energy_error": self.stats.error / n_sites,
+            "variance": self.stats.variance,
+            "rel_error": abs(energy - reference) / abs(reference),
+        }
+
+
+def vmc_step(
+    model: AutoregressiveTransformer,
+    hamiltonian: Hamiltonian,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    *,
+    n_samples: int,
+    lr: float,
+    diag_shift: float,
+    sr_momentum: float,
+    chunk_size: int,
+    dedup: bool,
+    step: int,
+) -> VMCStepResult:
+    """One VMC update of ``model`` (see the module docstring): SR (minSR, SPRING) when ``optimizer`` is an
+    :class:`~vqnqs.vmc.optim.SR`, else the eq. 3 gradient for it (Adam). Shared by the trainer and the
+    distiller's fine-tuning phase. Raises :class:`TrainingError` (naming ``step``) on NaN/Inf, before the
+    parameters change.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    samples = model.sample(n_samples, generator=generator)  # (Ns, N)
+    # Exact samples repeat, the more so the closer psi gets to the ground state: evaluate each distinct
+    # configuration once, weighted by its frequency. Every estimate below is that of the full batch.
+    distinct, counts = torch.unique(samples, dim=0, return_counts=True)  # (U, N), (U,)
+    weights = counts.to(torch.float64) / n_samples
+    counted = _CountingLogPsi(model, dedup)
+    eloc_start = time.perf_counter()
+    e_loc = local_energy(hamiltonian, counted, distinct, chunk_size=chunk_size)  # (U,)
+    eloc_time = time.perf_counter() - eloc_start
+    if not torch.isfinite(e_loc).all():
+        bad = int((~torch.isfinite(e_loc)).sum())
+        raise TrainingError(f"step {step}: {bad} of {len(e_loc)} local energies are NaN or infinite")
+    stats = energy_statistics(e_loc, weights, n_samples)
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    optimizer.zero_grad(set_to_none=True)
+    if isinstance(optimizer, SR):
+        o = log_derivatives(model, distinct, chunk_size)  # (U, Np), columns in model.parameters() order
+        previous = optimizer.previous_direction()
+        direction, gradient = sr_direction(o, e_loc, diag_shift, weights, previous, sr_momentum)
+        set_gradients(params, direction)
+    else:
+        loss = energy_loss(model.log_psi(distinct), e_loc, weights)  # eq. 3 through autograd
+        loss.backward()
+        gradient = torch.cat([p.grad.reshape(-1) for p in params])
+    grad_norm = gradient.norm().item()
+    if not math.isfinite(grad_norm) or not all(torch.isfinite(p.grad).all() for p in params):
+        raise TrainingError(f"step {step}: the gradient or update direction is NaN or infinite")
+    optimizer.step()
+    return VMCStepResult(stats, grad_norm, len(distinct), counted.count / eloc_time)
 
 
 class Trainer:
@@ -314,6 +389,10 @@ class Trainer:
     @property
     def checkpoint_path(self) -> Path:
         return self.out_dir / CHECKPOINT_FILE
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.steps
 
     # --- checkpoints ---
 
@@ -378,55 +457,31 @@ class Trainer:
         config, step = self.config, self.step + 1
         lr = scheduled(step, config.steps, config.lr, config.lr_final, config.schedule, config.warmup_steps)
         shift = scheduled(step, config.steps, config.diag_shift, config.diag_shift_final, config.schedule)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-
         start = time.perf_counter()
-        samples = self.model.sample(config.n_samples, generator=self.generator)  # (Ns, N)
-        # Exact samples repeat, the more so the closer psi gets to the ground state: evaluate each distinct
-        # configuration once, weighted by its frequency. Every estimate below is that of the full batch.
-        distinct, counts = torch.unique(samples, dim=0, return_counts=True)  # (U, N), (U,)
-        weights = counts.to(torch.float64) / config.n_samples
-        counted = _CountingLogPsi(self.model, config.dedup)
-        eloc_start = time.perf_counter()
-        e_loc = local_energy(self.hamiltonian, counted, distinct, chunk_size=config.chunk_size)  # (U,)
-        eloc_time = time.perf_counter() - eloc_start
-        if not torch.isfinite(e_loc).all():
-            bad = int((~torch.isfinite(e_loc)).sum())
-            raise TrainingError(f"step {step}: {bad} of {len(e_loc)} local energies are NaN or infinite")
-        stats = energy_statistics(e_loc, weights, config.n_samples)
-
-        self.optimizer.zero_grad(set_to_none=True)
-        if config.optimizer == "sr":
-            o = log_derivatives(self.model, distinct, config.chunk_size)  # (U, Np)
-            previous = self.optimizer.previous_direction()
-            direction, gradient = sr_direction(o, e_loc, shift, weights, previous, config.sr_momentum)
-            set_gradients(self.params, direction)
-        else:
-            loss = energy_loss(self.model.log_psi(distinct), e_loc, weights)  # eq. 3 through autograd
-            loss.backward()
-            gradient = torch.cat([p.grad.reshape(-1) for p in self.params])
-        grad_norm = gradient.norm().item()
-        if not math.isfinite(grad_norm) or not all(torch.isfinite(p.grad).all() for p in self.params):
-            raise TrainingError(f"step {step}: the gradient or update direction is NaN or infinite")
-        self.optimizer.step()
+        result = vmc_step(
+            self.model,
+            self.hamiltonian,
+            self.optimizer,
+            self.generator,
+            n_samples=config.n_samples,
+            lr=lr,
+            diag_shift=shift,
+            sr_momentum=config.sr_momentum,
+            chunk_size=config.chunk_size,
+            dedup=config.dedup,
+            step=step,
+        )
         self.step = step
-
         elapsed = time.perf_counter() - start
-        n_sites = self.hamiltonian.n_sites
-        energy = stats.mean / n_sites
         return {
             "step": step,
-            "energy_per_site": energy,
-            "energy_error": stats.error / n_sites,
-            "variance": stats.variance,
-            "rel_error": abs(energy - self.reference) / abs(self.reference),
-            "grad_norm": grad_norm,
+            **result.energy_row(self.hamiltonian.n_sites, self.reference),
+            "grad_norm": result.grad_norm,
             "lr": lr,
             "diag_shift": shift if config.optimizer == "sr" else None,
-            "distinct_samples": len(distinct),
+            "distinct_samples": result.distinct_samples,
             "samples_per_s": config.n_samples / elapsed,
-            "eloc_configs_per_s": counted.count / eloc_time,
+            "eloc_configs_per_s": result.eloc_configs_per_s,
             "time_s": self.wall_time_s + elapsed,
         }
 
