@@ -249,7 +249,8 @@ def add_distill(subparsers: argparse._SubParsersAction) -> None:
         help="distil a trained transformer (teacher) into a VQ-NQS student of a given bandwidth",
         description=(
             "Fit a vector-quantised student (bits = heads x log2(codes) per location) to the teacher's "
-            "log-amplitudes on fresh exact teacher samples (L2 loss, Adam), then evaluate its energy on its own "
+            "log-amplitudes on fresh exact teacher samples (L2 loss, Adam), optionally fine-tune it by VMC on its "
+            "own energy (finetune_steps > 0: SR, straight-through codes), then evaluate its energy on its own "
             "samples through the dedup engine (checked against the dense local energy). Settings: the defaults "
             "of DistillConfig, then the params file's 'distill' mapping, then the 'distill' mapping of the --run "
             "entry, then --set. Resumes from a checkpoint in --out-dir; writes checkpoint.pt, history.csv, "
@@ -257,7 +258,7 @@ def add_distill(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog=(
             "example: vqnqs distill --run heisenberg_4x4 --teacher data/train/heisenberg_4x4 --bits 6 "
-            "--out-dir data/distill/heisenberg_4x4/6 --set steps=500"
+            "--out-dir data/distill/heisenberg_4x4/6 --set steps=500 --set finetune_steps=300"
         ),
     )
     add_run_arguments(parser)
