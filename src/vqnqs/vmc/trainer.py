@@ -332,7 +332,7 @@ def vmc_step(
     parameters change.
     """
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        group["lr"] = lr
     samples = model.sample(n_samples, generator=generator)  # (Ns, N)
     # Exact samples repeat, the more so the closer psi gets to the ground state: evaluate each distinct
     # configuration once, weighted by its frequency. Every estimate below is that of the full batch.
