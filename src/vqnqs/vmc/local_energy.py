@@ -7,10 +7,10 @@ of connected configurations bounds the memory at any lattice size; every connect
 configuration of a chunk goes to ``log_psi`` in one call, so an engine that reuses work across
 configurations (the dedup engine) sees the whole chunk at once.
 
-``log_psi`` may also be the model itself (an :class:`AutoregressiveTransformer`, baseline or VQ): then
-``model.log_psi`` is used, or with ``dedup=True`` the dedup engine's ``log psi`` of that model
-(:func:`vqnqs.dedup.dedup_log_psi`) on each chunk's whole set of valid connected configurations.
-Same result either way (up to floating-point reassociation); nothing else changes for the caller.
+``log_psi`` may also be the model itself (an :class:`AutoregressiveTransformer`, baseline or VQ) with an
+``engine`` name: it is evaluated through :func:`vqnqs.vmc.log_psi.make_log_psi` (``dense``, ``dedup``,
+``dedup_no_prefix``) on each chunk's whole set of valid connected configurations. Same result through
+every engine (up to floating-point reassociation); nothing else changes for the caller.
 """
 
 from __future__ import annotations
@@ -21,45 +21,30 @@ import torch
 
 from vqnqs.models.transformer import AutoregressiveTransformer
 from vqnqs.physics.hamiltonian import Hamiltonian
+from vqnqs.vmc.log_psi import make_log_psi
 
-LogPsi = Callable[[torch.Tensor], torch.Tensor]
-
-
-def _resolve_log_psi(log_psi: LogPsi | AutoregressiveTransformer, dedup: bool, prefix_reuse: bool) -> LogPsi:
-    """The callable to evaluate: a model's dense or dedup ``log psi``, or the given callable."""
-    if isinstance(log_psi, AutoregressiveTransformer):
-        if dedup:
-            from vqnqs.dedup import dedup_log_psi  # local: the engine imports the models, not vmc
-
-            model = log_psi
-            return lambda configs: dedup_log_psi(model, configs, prefix_reuse)
-        return log_psi.log_psi
-    if dedup:
-        raise TypeError(
-            f"dedup=True needs the model itself (an AutoregressiveTransformer), not {type(log_psi).__name__}: "
-            "call local_energy(hamiltonian, model, s, dedup=True)"
-        )
-    return log_psi
+LogPsiFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def local_energy(
     hamiltonian: Hamiltonian,
-    log_psi: LogPsi | AutoregressiveTransformer,
+    log_psi: LogPsiFn | AutoregressiveTransformer,
     s: torch.Tensor,
     chunk_size: int | None = None,
     dtype: torch.dtype = torch.float64,
-    dedup: bool = False,
-    prefix_reuse: bool = True,
+    engine: str | None = None,
 ) -> torch.Tensor:
     """``E_loc`` for each sample ``s: (B, N)`` -> ``(B,)``, without gradients.
 
     Only valid connections are evaluated; slot 0 of the connected elements is ``s`` itself,
     so ``log_psi(s)`` comes from the same call as its neighbours. ``log_psi`` is a callable
-    ``(K, N) -> (K,)`` or a model; ``dedup=True`` (model only) evaluates each chunk's connected
-    configurations through the dedup engine, deduplicated across the whole chunk; with
-    ``prefix_reuse=False`` the engine dedups the per-location ops only (attention once per location).
+    ``(K, N) -> (K,)`` or a model, evaluated through ``engine`` (default ``dense``; see
+    :mod:`vqnqs.vmc.log_psi`): a dedup engine sees each chunk's connected configurations at once.
     """
-    log_psi = _resolve_log_psi(log_psi, dedup, prefix_reuse)
+    if isinstance(log_psi, AutoregressiveTransformer):
+        log_psi = make_log_psi(log_psi, engine or "dense")
+    elif engine is not None:
+        raise TypeError(f"engine={engine!r} needs the model itself, not {type(log_psi).__name__}")
     batch = s.shape[0]
     chunk_size = batch if chunk_size is None else int(chunk_size)
     if chunk_size < 1:
