@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vqnqs.dedup import dedup_log_prob, dedup_log_psi, dense_codes, pair_ids, prefix_partition, tuple_ids
-from vqnqs.models import AutoregressiveTransformer, TransformerConfig, VQConfig, make_vq_model
+from vqnqs.models import AutoregressiveTransformer, TransformerConfig, VQConfig, codebook_upkeep, make_vq_model
 from vqnqs.physics.hamiltonian import Heisenberg, TransverseFieldIsing
 from vqnqs.physics.lattice import Lattice
 from vqnqs.vmc.local_energy import local_energy
@@ -21,7 +21,7 @@ LATTICES = [((8,), 1), ((8,), 2), ((6,), 3), ((2, 4), 1), ((2, 4), 2), ((4, 4), 
 
 def random_model(config: TransformerConfig, vq: VQConfig | None, seed: int, std: float = 0.5, fit: bool = False):
     """float64, eval, large random weights; a random normal codebook, or with ``fit`` one data-initialised
-    (k-means++ on the attention outputs of random configurations, as the first training step does)."""
+    (k-means++ on the attention outputs of random configurations: the first codebook upkeep)."""
     model = AutoregressiveTransformer(config) if vq is None else make_vq_model(config, vq)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -34,7 +34,7 @@ def random_model(config: TransformerConfig, vq: VQConfig | None, seed: int, std:
             q.initialized.fill_(not fit)
         if fit:
             torch.manual_seed(seed)
-            model.train().log_prob(torch.randint(0, 2, (64, config.n_sites), generator=generator))
+            codebook_upkeep(model, torch.randint(0, 2, (64, config.n_sites), generator=generator))
             assert all(bool(q.initialized) for q in model.quantizers)
     return model.eval()
 
@@ -247,7 +247,7 @@ def test_local_energy_dedup_equals_dense(shape, patch) -> None:
     s = model.sample(40, generator=torch.Generator().manual_seed(0))
     dense = local_energy(ham, model.log_psi, s, chunk_size=16)
     via_model = local_energy(ham, model, s, chunk_size=16)
-    deduped = local_energy(ham, model, s, chunk_size=16, dedup=True)
+    deduped = local_energy(ham, model, s, chunk_size=16, engine="dedup")
     assert torch.equal(via_model, dense)
     assert torch.isfinite(deduped).all() and deduped.dtype == torch.float64
     torch.testing.assert_close(deduped, dense, rtol=1e-10, atol=1e-10)
@@ -258,7 +258,7 @@ def test_local_energy_dedup_needs_a_model() -> None:
     config = TransformerConfig((4,), 1, d_model=8, n_heads=2, n_blocks=1)
     model = random_model(config, VQConfig(heads=2, codes=2), seed=0)
     with pytest.raises(TypeError, match="dedup"):
-        local_energy(Heisenberg(Lattice((4,))), model.log_psi, torch.zeros(2, 4, dtype=torch.long), dedup=True)
+        local_energy(Heisenberg(Lattice((4,))), model.log_psi, torch.zeros(2, 4, dtype=torch.long), engine="dedup")
 
 
 def test_engine_gradients_match_dense() -> None:

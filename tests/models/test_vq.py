@@ -15,6 +15,7 @@ from vqnqs.models import (
     VectorQuantizer,
     VQConfig,
     VQTransformer,
+    codebook_upkeep,
     from_teacher,
     make_vq_model,
     vq_shape_from_bits,
@@ -43,7 +44,7 @@ def random_vq_model(config: TransformerConfig, vq: VQConfig, seed: int = 0, std:
             scale = 1.0 if name.endswith("codebook") else std
             p.copy_(torch.randn(p.shape, generator=generator) * scale)
         for q in model.quantizers:
-            q.initialized.fill_(True)  # keep this codebook (no data initialisation in training mode)
+            q.initialized.fill_(True)  # keep this codebook (no data initialisation at an upkeep)
     return model.eval()
 
 
@@ -133,7 +134,7 @@ def test_straight_through_gradients() -> None:
 
 
 @pytest.mark.parametrize("init", ["rows", "kmeans++"])
-def test_data_initialisation_on_first_training_batch(init: str) -> None:
+def test_data_initialisation_at_the_first_upkeep(init: str) -> None:
     vq = quantizer(d=8, heads=2, codes=6, init=init)
     x = torch.randn(4, 10, 8, dtype=torch.float64)
     before = vq.codebook.detach().clone()
@@ -141,9 +142,10 @@ def test_data_initialisation_on_first_training_batch(init: str) -> None:
     vq(x)  # eval: no initialisation
     with torch.no_grad():
         vq.train()(x)  # no gradients (e.g. sampling): no initialisation either
+    vq.train()(x.clone().requires_grad_(True))  # a training forward is pure as well
     assert not bool(vq.initialized) and torch.equal(vq.codebook.detach(), before)
 
-    out = vq.train()(x.requires_grad_(True))
+    out = vq.upkeep(x.requires_grad_(True))
     assert bool(vq.initialized)
     rows = x.detach().reshape(-1, 2, 4)
     for h in range(2):
@@ -152,9 +154,10 @@ def test_data_initialisation_on_first_training_batch(init: str) -> None:
         assert (book[:, None, :] == rows[None, :, h]).all(dim=-1).any(dim=1).all()
         assert torch.unique(book, dim=0).shape[0] == 6
     assert torch.equal(out, vq.decode(vq.encode(x)))
+    assert torch.equal(vq.train()(x), out)  # the forward from now on
     # The codebook is fitted once: a second batch leaves it alone.
     fitted = vq.codebook.detach().clone()
-    vq(torch.randn(4, 10, 8, dtype=torch.float64, requires_grad=True))
+    vq.upkeep(torch.randn(4, 10, 8, dtype=torch.float64, requires_grad=True))
     assert torch.equal(vq.codebook.detach(), fitted)
 
 
@@ -167,15 +170,14 @@ def test_dead_code_replacement() -> None:
         centres = torch.tensor([0.0, 1.0, -1.0], dtype=torch.float64).repeat(7)[:, None]  # (21, 1): codes 0-2
         return (centres + 0.1 * torch.randn(21, 4, dtype=torch.float64)).requires_grad_(True)
 
-    vq(batch())
-    with torch.no_grad():
-        vq(batch())  # not a training step: counts nothing
+    vq.upkeep(batch())
+    vq(batch())  # a forward (training mode, gradients): counts nothing
     assert vq.unused_steps[0].tolist() == [0, 0, 0, 1]
-    vq(batch())
+    vq.upkeep(batch())
     assert vq.unused_steps[0, 3] == 2 and vq.usage_ema[0, 3] < 0.25
-    assert vq.codebook[0, 3, 0] == 100.0  # still there: replacement happens at the next step's start
+    assert vq.codebook[0, 3, 0] == 100.0  # still there: replacement happens at the next upkeep's start
     x = batch()
-    out = vq(x)
+    out = vq.upkeep(x)
     new = vq.codebook[0, 3].detach()
     assert not torch.equal(new, torch.full((4,), 100.0, dtype=torch.float64))
     assert (x.detach() == new).all(dim=1).any()  # re-seeded with a row of that batch
@@ -189,14 +191,14 @@ def test_dead_code_replacement_disabled() -> None:
     with torch.no_grad():
         vq.codebook[0, 3] = 100.0
     for _ in range(5):
-        vq(torch.randn(20, 4, dtype=torch.float64, requires_grad=True))
+        vq.upkeep(torch.randn(20, 4, dtype=torch.float64, requires_grad=True))
     assert vq.unused_steps[0, 3] == 5 and (vq.codebook[0, 3] == 100.0).all()
 
 
 def test_state_dict_round_trip_weights_only() -> None:
     vq = quantizer(d=8, heads=2, codes=6, init="kmeans++", dead_after=3).train()
     for _ in range(4):
-        vq(torch.randn(30, 8, dtype=torch.float64, requires_grad=True))
+        vq.upkeep(torch.randn(30, 8, dtype=torch.float64, requires_grad=True))
     buffer = io.BytesIO()
     torch.save(vq.state_dict(), buffer)
     buffer.seek(0)
@@ -208,8 +210,8 @@ def test_state_dict_round_trip_weights_only() -> None:
         assert torch.equal(fresh.state_dict()[name], value), name
     x = torch.randn(7, 8, dtype=torch.float64)
     assert torch.equal(fresh.encode(x), vq.encode(x))
-    # Loaded as initialised: training on goes on from the loaded codebook, no re-initialisation.
-    fresh.train()(x.requires_grad_(True))
+    # Loaded as initialised: the upkeep goes on from the loaded codebook, no re-initialisation.
+    fresh.train().upkeep(x.requires_grad_(True))
     assert torch.equal(fresh.codebook.detach(), vq.codebook.detach())
 
 
@@ -317,3 +319,130 @@ def test_per_sample_derivatives_leave_the_state_alone() -> None:
     model.log_psi(s[:1]).sum().backward()
     direct = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
     torch.testing.assert_close(o[0], direct)
+
+
+# --- codebook upkeep of a model --------------------------------------------------------------------
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+def assert_same_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[name]), name
+
+
+def quantizer_inputs(model: VQTransformer, s: torch.Tensor) -> list[torch.Tensor]:
+    """The input of every quantiser in a no-grad forward on ``s``, block after block."""
+    seen: list[torch.Tensor] = []
+    handles = [q.register_forward_hook(lambda m, a, o: seen.append(a[0].detach())) for q in model.quantizers]
+    try:
+        with torch.no_grad():
+            model.log_prob(s)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def test_forward_never_changes_the_state() -> None:
+    """Uninitialised codebooks and codes about to be re-seeded: no forward touches them, in any mode."""
+    from vqnqs.vmc.gradient import log_derivatives
+
+    config = TransformerConfig((4,), 2, d_model=8, n_heads=2, n_blocks=2)
+    model = make_vq_model(config, VQConfig(heads=2, codes=3, dead_after=1)).double()
+    s = all_configs(4)
+    fresh = model_state(model)
+    for training in (False, True):
+        model.train(training)
+        model.log_psi(s).sum().backward()
+        with torch.no_grad():
+            model.log_psi(s)
+        model.sample(4, generator=torch.Generator().manual_seed(0))
+        assert_same_state(model, fresh)
+    codebook_upkeep(model, s)
+    codebook_upkeep(model, s[:1])  # one code per head used: the others are dead at the next upkeep
+    assert all(bool((q.unused_steps >= 1).any()) for q in model.quantizers)
+    kept = model_state(model)
+    for training in (False, True):
+        model.train(training)
+        model.log_psi(s).sum().backward()
+        with torch.no_grad():
+            model.log_psi(s)
+        log_derivatives(model, s)  # vmap(grad(...))
+        assert_same_state(model, kept)
+
+
+@pytest.mark.parametrize("init", ["kmeans++", "rows"])
+def test_codebook_upkeep_fits_every_block_to_its_inputs(init: str) -> None:
+    """Block after block: each codebook is fitted to the inputs it gets from the UPDATED blocks before it,
+    and the usage recorded is that of the codes the forward then assigns."""
+    config = TransformerConfig((8,), 2, d_model=16, n_heads=2, n_blocks=3)
+    model = make_vq_model(config, VQConfig(heads=2, codes=4, init=init)).double()
+    s = torch.randint(0, 2, (16, 8), generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    assert codebook_upkeep(model.train(), s) is None
+    assert all(bool(q.initialized) for q in model.quantizers)
+    inputs = quantizer_inputs(model, s)
+    for q, x in zip(model.quantizers, inputs, strict=True):
+        rows = x.reshape(-1, 2, 8)
+        for h in range(2):
+            book = q.codebook[h].detach()
+            assert (book[:, None, :] == rows[None, :, h]).all(dim=-1).any(dim=1).all()  # codewords are input rows
+        codes = q.encode(x).reshape(-1, 2)  # what the forward assigns from now on
+        used = torch.zeros(2, 4, dtype=torch.bool)
+        used[torch.arange(2).expand_as(codes), codes] = True
+        assert torch.equal(q.unused_steps == 0, used)  # the usage recorded is that of these codes
+    # The training forward after the upkeep: the recorded codes, the value of decode(encode(x)).
+    with torch.no_grad():
+        reference = model.eval().log_prob(s)
+    assert torch.equal(model.train().log_prob(s).detach(), reference)
+
+
+def test_codebook_upkeep_reseeds_dead_codes_of_every_block() -> None:
+    config = TransformerConfig((8,), 2, d_model=16, n_heads=2, n_blocks=2)
+    model = make_vq_model(config, VQConfig(heads=1, codes=8, init="rows", dead_after=1)).double()
+    generator = torch.Generator().manual_seed(2)
+    torch.manual_seed(0)
+    codebook_upkeep(model, torch.randint(0, 2, (32, 8), generator=generator))
+    codebook_upkeep(model, torch.zeros(1, 8, dtype=torch.long))  # one configuration: at most 4 codes used
+    dead = [q.unused_steps >= 1 for q in model.quantizers]
+    assert all(bool(d.any()) for d in dead)
+    before = [q.codebook.detach().clone() for q in model.quantizers]
+    s = torch.randint(0, 2, (32, 8), generator=generator)
+    codebook_upkeep(model, s)
+    for q, x, d, old in zip(model.quantizers, quantizer_inputs(model, s), dead, before, strict=True):
+        new = q.codebook.detach()
+        assert torch.equal(new[~d], old[~d])  # live codes kept
+        assert (new[d][:, None, :] == x.reshape(1, -1, 16)).all(dim=-1).any(dim=1).all()  # dead ones: input rows
+
+
+def test_codebook_upkeep_without_quantizers_is_a_no_op() -> None:
+    model = AutoregressiveTransformer(TransformerConfig((8,), 2, d_model=8, n_heads=2, n_blocks=1))
+    state, rng = model_state(model), torch.random.get_rng_state()
+    assert codebook_upkeep(model, all_configs(8)) is None
+    assert_same_state(model, state)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+
+
+def test_codebook_upkeep_resumes_from_a_state_dict() -> None:
+    """A model loaded from a state_dict goes on with the same upkeep (and the same global RNG draws)."""
+    config = TransformerConfig((8,), 2, d_model=16, n_heads=2, n_blocks=2)
+    vq = VQConfig(heads=2, codes=6, init="kmeans++", dead_after=2)
+    model = make_vq_model(config, vq).double()
+    generator = torch.Generator().manual_seed(4)
+    batches = [torch.randint(0, 2, (n, 8), generator=generator) for n in (24, 2, 2, 24)]
+    torch.manual_seed(1)
+    for s in batches[:3]:
+        codebook_upkeep(model, s)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = make_vq_model(config, vq).double()
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    rng = torch.random.get_rng_state()
+    codebook_upkeep(model, batches[3])
+    torch.random.set_rng_state(rng)
+    codebook_upkeep(fresh, batches[3])
+    assert_same_state(fresh, model_state(model))

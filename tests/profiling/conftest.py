@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from vqnqs.models import AutoregressiveTransformer, TransformerConfig, VQConfig, make_vq_model
+from vqnqs.models import AutoregressiveTransformer, TransformerConfig, VQConfig, codebook_upkeep, make_vq_model
 from vqnqs.physics.hamiltonian import TransverseFieldIsing, build_hamiltonian
 from vqnqs.physics.lattice import Lattice
 from vqnqs.vmc.checkpoint import save_model
@@ -23,7 +23,7 @@ def one_thread():
 
 def randomize(model, seed: int, std: float = 0.5, fit: bool = True):
     """float64, eval, large random weights; with ``fit`` each codebook fitted to data (k-means++ on the
-    quantiser inputs of one training-mode forward), so that codes vary across locations."""
+    quantiser inputs of one codebook upkeep), so that codes vary across locations."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -33,7 +33,7 @@ def randomize(model, seed: int, std: float = 0.5, fit: bool = True):
         for q in model.quantizers:
             q.initialized.fill_(False)
         torch.manual_seed(seed)
-        model.train().log_prob(torch.randint(0, 2, (64, model.n_sites), generator=generator))
+        codebook_upkeep(model, torch.randint(0, 2, (64, model.n_sites), generator=generator))
     return model.eval()
 
 

@@ -17,19 +17,22 @@ exactly the one-hot vector and ``g @ W_h`` exactly the codebook row: ``forward(x
 bit for bit in both modes. Gradients reach ``x`` (and ``W``) through the softmax of the distances, and
 ``W`` also through the one-hot selection.
 
-State (all buffers, so ``state_dict`` round-trips and loads with ``weights_only=True``):
+``forward`` is pure: it never changes the codebook or a buffer, in any mode (so ``torch.func`` transforms
+such as ``vmap(grad(...))`` apply to it as to any other module).
 
-- ``initialized`` (bool): the codebook has been fitted to data. The first training forward with
-  gradients enabled initialises it from its inputs (``init="kmeans++"``: D^2-sampling per head;
-  ``"rows"``: random distinct input rows; ``"none"``: keep the random normal init).
+Codebook upkeep is explicit: :meth:`VectorQuantizer.upkeep` on one batch of inputs, or for a whole model
+:func:`codebook_upkeep`, which a training step calls once before its forward. State (all buffers, so
+``state_dict`` round-trips and loads with ``weights_only=True``):
+
+- ``initialized`` (bool): the codebook has been fitted to data. The first upkeep initialises it from its
+  inputs (``init="kmeans++"``: D^2-sampling per head; ``"rows"``: random distinct input rows; ``"none"``:
+  keep the random normal init).
 - ``usage_ema (H, Q)``: EMA of the fraction of rows assigned to each code (statistics).
-- ``unused_steps (H, Q)``: training steps since each code was last used. A code unused for
-  ``dead_after`` steps is re-seeded with a random row of the next training batch (dead-code replacement).
+- ``unused_steps (H, Q)``: upkeep steps since each code was last used. A code unused for ``dead_after``
+  steps is re-seeded with a random row of the next upkeep's inputs (dead-code replacement).
 
-A "training step" is a forward pass in training mode with gradients enabled and outside ``torch.func``
-transforms: sampling (``torch.no_grad``) and per-sample derivatives (``vmap(grad(...))``) leave the state
-alone. The codebook only changes at the START of such a forward, so the codes it returns are those of the
-state after it.
+An upkeep changes the codebook FIRST and then records the usage of the codes assigned with the updated
+codebook: the codes that the step's forward then assigns to the same inputs.
 
 Distances are computed as ``||x||^2 - 2 x.W^T + ||W||^2`` with explicit matmuls (a CPU FLOP counter sees
 them), clamped at a tiny positive value before the square root (so its gradient stays finite).
@@ -46,14 +49,6 @@ from torch import Tensor, nn
 
 from vqnqs.models.transformer import AutoregressiveTransformer, TransformerConfig
 
-try:  # torch.func transforms wrap tensors; in-place buffer updates are not allowed under them
-    from torch._C._functorch import is_functorch_wrapped_tensor as _is_wrapped
-except ImportError:  # pragma: no cover - very old torch
-
-    def _is_wrapped(t: Tensor) -> bool:
-        return False
-
-
 INIT_METHODS = ("kmeans++", "rows", "none")
 DEFAULT_CODES = 64
 # Squared distances are clamped here before the sqrt: sqrt'(0) = inf would give NaN gradients for an
@@ -67,11 +62,11 @@ class VQConfig:
 
     heads: int = 2
     codes: int = DEFAULT_CODES
-    # Data-driven codebook initialisation on the first training batch: "kmeans++", "rows" or "none".
+    # Data-driven codebook initialisation at the first upkeep: "kmeans++", "rows" or "none".
     init: str = "kmeans++"
-    # Re-seed a code unused for this many training steps; 0 disables dead-code replacement.
+    # Re-seed a code unused for this many upkeep steps; 0 disables dead-code replacement.
     dead_after: int = 100
-    # Decay of the EMA usage statistics (per training step).
+    # Decay of the EMA usage statistics (per upkeep step).
     ema_decay: float = 0.99
     # Std of the random normal codebook before (or without) data initialisation.
     init_std: float = 0.02
@@ -142,7 +137,8 @@ class VectorQuantizer(nn.Module):
     """``(..., d) -> (..., d)`` multi-head vector quantiser; see the module docstring.
 
     ``encode(x) -> (..., H)`` int64 codes, ``decode(codes) -> (..., d)``, ``forward(x)`` the quantised
-    rows (straight-through gradients in training), ``distances(x) -> (..., H, Q)`` the logits ``D``.
+    rows (straight-through gradients in training; pure), ``distances(x) -> (..., H, Q)`` the logits ``D``,
+    ``upkeep(x)`` one codebook-upkeep step on the inputs ``x`` (the only method that changes the state).
     """
 
     initialized: Tensor  # () bool
@@ -197,20 +193,17 @@ class VectorQuantizer(nn.Module):
         return values.reshape(*codes.shape[:-1], self.d_model)
 
     def forward(self, x: Tensor, codes_only: bool = False) -> Tensor:
-        """``x (..., d)`` -> quantised ``(..., d)``; exactly ``decode(encode(x))`` in value, STE gradients.
+        """``x (..., d)`` -> quantised ``(..., d)``; exactly ``decode(encode(x))`` in value. Pure (no state change).
 
-        ``codes_only=True`` returns ``encode(x)`` instead (no state update): the dedup engine calls it so,
-        through ``__call__``, so that module hooks (FLOP counters) attribute the distances to this module.
+        In training mode with gradients enabled the value carries the straight-through gradients of eq. 8;
+        otherwise it is ``decode(encode(x))`` itself. ``codes_only=True`` returns ``encode(x)`` instead: the
+        dedup engine calls it so, through ``__call__``, so that module hooks (FLOP counters) attribute the
+        distances to this module.
         """
         if codes_only:
             return self.encode(x)
-        training_step = self._is_training_step(x)
-        if training_step:
-            self._prepare(x)
         z = self.distances(x)  # (..., H, Q)
         codes = z.argmax(dim=-1)  # (..., H)
-        if training_step:
-            self._record_usage(codes)
         if not (self.training and torch.is_grad_enabled()):
             return self.decode(codes)
         # Eq. 8. The parentheses matter: (soft - SG[soft]) is exactly 0, so g is exactly one-hot.
@@ -221,18 +214,29 @@ class VectorQuantizer(nn.Module):
         values = torch.matmul(g_rows, self.codebook)  # (H, n, e)
         return rearrange(values, "h n e -> n (h e)").reshape(x.shape)
 
-    # --- training-time state: data initialisation, usage statistics, dead-code replacement ---
+    # --- codebook upkeep: data initialisation, dead-code replacement, usage statistics ---
 
-    def _is_training_step(self, x: Tensor) -> bool:
-        return self.training and torch.is_grad_enabled() and not _is_wrapped(x) and not _is_wrapped(self.codebook)
+    @torch.no_grad()
+    def upkeep(self, x: Tensor) -> Tensor:
+        """One upkeep step on the inputs ``x (..., d)``; returns their quantised value ``(..., d)``.
+
+        First the codebook: fitted to the rows of ``x`` if not yet initialised, else its codes unused for
+        ``dead_after`` steps re-seeded with rows of ``x``. Then the usage of the codes that the updated
+        codebook assigns to ``x`` is recorded. The value returned, ``decode(encode(x))`` with the updated
+        codebook, is what ``forward(x)`` gives from now on.
+        """
+        self._update_codebook(x)
+        codes = self.encode(x)  # (..., H)
+        self._record_usage(codes)
+        return self.decode(codes)
 
     def _head_rows(self, x: Tensor) -> Tensor:
         """``x (..., d)`` -> detached ``(H, n, e)``."""
         return rearrange(x.detach().reshape(-1, self.d_model), "n (h e) -> h n e", h=self.heads)
 
     @torch.no_grad()
-    def _prepare(self, x: Tensor) -> None:
-        """Start of a training step: data-initialise the codebook once, re-seed dead codes."""
+    def _update_codebook(self, x: Tensor) -> None:
+        """Data-initialise the codebook from ``x (..., d)`` once; afterwards re-seed its dead codes from ``x``."""
         rows = self._head_rows(x)  # (H, n, e)
         if rows.shape[1] == 0:
             return
@@ -273,6 +277,7 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _record_usage(self, codes: Tensor) -> None:
+        """Count one upkeep step: codes ``(..., H)`` assigned, the others one step less recently used."""
         flat = codes.reshape(-1, self.heads).T  # (H, n)
         counts = torch.zeros(self.heads, self.codes, dtype=self.usage_ema.dtype, device=codes.device)
         counts.scatter_add_(1, flat, torch.ones_like(flat, dtype=counts.dtype))
@@ -287,6 +292,7 @@ class VQTransformer(AutoregressiveTransformer):
 
     ``model.final_block`` (attention only) keeps its identity slot. Sampling and ``log_prob`` are
     inherited unchanged: the quantiser acts per location, so the KV-cached sampler still applies.
+    Codebook upkeep: :func:`codebook_upkeep`.
     """
 
     def __init__(self, config: TransformerConfig, vq: VQConfig) -> None:
@@ -298,6 +304,33 @@ class VQTransformer(AutoregressiveTransformer):
     @property
     def quantizers(self) -> list[VectorQuantizer]:
         return [block.attn.quantizer for block in self.blocks]
+
+
+@torch.no_grad()
+def codebook_upkeep(model: AutoregressiveTransformer, s: Tensor) -> None:
+    """One codebook-upkeep step of every :class:`VectorQuantizer` of ``model`` on configurations ``s (B, N)``.
+
+    Runs one forward pass of ``model.log_prob(s)`` without gradients in which each quantiser, block after
+    block, replaces its output by :meth:`VectorQuantizer.upkeep` of its input: it updates its codebook
+    (initialisation once, then dead-code re-seeding), records the usage of the codes it assigns, and hands
+    the value of the updated codebook to the next block. A training step calls it once, before its own
+    (pure) forward on the same ``s``, which then assigns exactly the codes recorded here. Consumes the
+    global RNG (k-means++ seeding, re-seeding) as the quantisers need. No-op for a model without quantisers.
+    """
+    quantizers = [module for module in model.modules() if isinstance(module, VectorQuantizer)]
+    if not quantizers:
+        return
+    handles = [quantizer.register_forward_hook(_upkeep_hook) for quantizer in quantizers]
+    try:
+        model.log_prob(s)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _upkeep_hook(quantizer: VectorQuantizer, args: tuple, output: Tensor) -> Tensor:
+    """Forward hook: the quantiser's output replaced by its upkeep on the same input."""
+    return quantizer.upkeep(args[0])
 
 
 def make_vq_model(config: TransformerConfig, vq: VQConfig) -> VQTransformer:

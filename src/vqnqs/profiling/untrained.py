@@ -2,8 +2,9 @@
 
 The benchmarks (``benchmarks/tfim_scaling.py``, ``benchmarks/dedup_speedup.py``) need a VQ model at sizes
 nobody trained. :func:`untrained_vq_model` builds one with the GPT-2 initialisation of the transformer and
-fits each codebook to data the way the first training step does: one forward pass in training mode on
-the model's own exact samples (k-means++ seeding per head, block after block in the same pass). The
+fits each codebook to data the way the first training step does: one codebook upkeep
+(:func:`vqnqs.models.vq.codebook_upkeep`) on the model's own exact samples (k-means++ seeding per head,
+block after block in the same pass). The
 codes a trained model uses, and so its reuse rates, may differ: numbers from these models say what the
 engine does with a data-driven codebook, not what a trained VQ-NQS achieves.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from vqnqs.models.transformer import TransformerConfig
-from vqnqs.models.vq import DEFAULT_CODES, VQConfig, VQTransformer, make_vq_model
+from vqnqs.models.vq import DEFAULT_CODES, VQConfig, VQTransformer, codebook_upkeep, make_vq_model
 from vqnqs.physics.exact import ground_state_sector
 from vqnqs.physics.hamiltonian import Hamiltonian
 
@@ -62,10 +63,7 @@ def untrained_vq_model(
     with torch.no_grad():
         samples = model.sample(init_samples, generator=generator)
     torch.manual_seed(seed + 2)  # k-means++ draws from the global generator
-    model.train()
-    with torch.enable_grad():
-        model.log_prob(samples)  # a training-mode forward with gradients: initialises every codebook
+    codebook_upkeep(model, samples)  # initialises every codebook, block after block
     if not all(bool(q.initialized) for q in model.quantizers):
-        raise RuntimeError("untrained_vq_model: a codebook was not initialised by the training-mode forward")
-    model.zero_grad(set_to_none=True)
+        raise RuntimeError("untrained_vq_model: a codebook was not initialised by the codebook upkeep")
     return model.eval()
