@@ -9,63 +9,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vqnqs.dedup import dedup_log_prob, dedup_log_psi, dense_codes, pair_ids, prefix_partition, tuple_ids
-from vqnqs.models import AutoregressiveTransformer, TransformerConfig, VQConfig, codebook_upkeep, make_vq_model
-from vqnqs.physics.hamiltonian import Heisenberg, TransverseFieldIsing
+from tests.dedup.conftest import brute_force_prefixes, hamiltonian, local_energy_batch, random_model
+from vqnqs.dedup import ExecutionPolicy, dedup_log_prob, dedup_log_psi, dense_codes
+from vqnqs.models import TransformerConfig, VQConfig
+from vqnqs.physics.hamiltonian import Heisenberg
 from vqnqs.physics.lattice import Lattice
 from vqnqs.vmc.local_energy import local_energy
 
 # (lattice shape, patch): 1D and 2D, one spin per token and several.
 LATTICES = [((8,), 1), ((8,), 2), ((6,), 3), ((2, 4), 1), ((2, 4), 2), ((4, 4), 2), ((4, 4), 1)]
-
-
-def random_model(config: TransformerConfig, vq: VQConfig | None, seed: int, std: float = 0.5, fit: bool = False):
-    """float64, eval, large random weights; a random normal codebook, or with ``fit`` one data-initialised
-    (k-means++ on the attention outputs of random configurations: the first codebook upkeep)."""
-    model = AutoregressiveTransformer(config) if vq is None else make_vq_model(config, vq)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            scale = 1.0 if name.endswith("codebook") else std
-            p.copy_(torch.randn(p.shape, generator=generator) * scale)
-    model.double()
-    if vq is not None:
-        for q in model.quantizers:
-            q.initialized.fill_(not fit)
-        if fit:
-            torch.manual_seed(seed)
-            codebook_upkeep(model, torch.randint(0, 2, (64, config.n_sites), generator=generator))
-            assert all(bool(q.initialized) for q in model.quantizers)
-    return model.eval()
-
-
-def hamiltonian(system: str, shape: tuple[int, ...]):
-    lattice = Lattice(shape) if not isinstance(shape, Lattice) else shape
-    return Heisenberg(lattice) if system == "heisenberg" else TransverseFieldIsing(lattice, gamma=0.7)
-
-
-def local_energy_batch(model, ham, n_samples: int, seed: int, source: str) -> torch.Tensor:
-    """Samples and all their valid connected configurations, flattened: ``(K, N)``."""
-    generator = torch.Generator().manual_seed(seed)
-    n_sites, n_down = model.n_sites, model.config.n_down
-    if source == "model":
-        s = model.sample(n_samples, generator=generator)
-    elif n_down is None:
-        s = torch.randint(0, 2, (n_samples, n_sites), generator=generator)
-    else:  # uniform in the Sz sector
-        order = torch.rand(n_samples, n_sites, generator=generator).argsort(dim=1)
-        s = (order < n_down).long()
-    conn = ham.connected(s)
-    return conn.configs[conn.valid]  # (K, N)
-
-
-def brute_force_prefixes(ids: torch.Tensor) -> dict[tuple, set[int]]:
-    """``{(position, ids[k, 0..i]): {k, ...}}`` over all locations of ``ids (K, T)``: the distinct prefixes."""
-    prefixes: dict[tuple, set[int]] = {}
-    for k, row in enumerate(ids.tolist()):
-        for i in range(len(row)):
-            prefixes.setdefault((i, tuple(row[: i + 1])), set()).add(k)
-    return prefixes
 
 
 def assert_same_log_prob(engine: torch.Tensor, dense: torch.Tensor) -> None:
@@ -278,45 +230,6 @@ def test_engine_gradients_match_dense() -> None:
             torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-12)
 
 
-# --- integer keys ----------------------------------------------------------------------------------
-
-
-@settings(max_examples=30, deadline=None)
-@given(
-    n=st.integers(0, 60),
-    n_a=st.integers(1, 5),
-    n_b=st.integers(1, 5),
-    huge=st.booleans(),
-    seed=st.integers(0, 2**31 - 1),
-)
-def test_pair_ids_are_a_bijection_on_distinct_pairs(n: int, n_a: int, n_b: int, huge: bool, seed: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    a = torch.randint(0, n_a, (n,), generator=generator)
-    b = torch.randint(0, n_b, (n,), generator=generator)
-    if huge:  # radices whose product exceeds 2^62: the unique(dim=0) fallback, values near the top
-        a, b, n_a, n_b = a + 2**31, b * 2**38, 2**32, 2**40
-    ids, a_u, b_u = pair_ids(a, n_a, b, n_b)
-    pairs = sorted(set(zip(a.tolist(), b.tolist(), strict=True)))
-    assert list(zip(a_u.tolist(), b_u.tolist(), strict=True)) == pairs
-    assert torch.equal(a_u[ids], a) and torch.equal(b_u[ids], b)
-
-
-@settings(max_examples=30, deadline=None)
-@given(
-    heads=st.integers(1, 8),
-    codes=st.sampled_from([1, 2, 5, 64, 2**20]),
-    n=st.integers(0, 50),
-    seed=st.integers(0, 2**31 - 1),
-)
-def test_tuple_ids_round_trip(heads: int, codes: int, n: int, seed: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    c = torch.randint(0, min(codes, 3), (n, 2, heads), generator=generator) * (codes // 3 if codes > 3 else 1)
-    ids, unique = tuple_ids(c, codes)
-    assert ids.shape == (n, 2)
-    assert torch.equal(unique[ids], c)
-    assert unique.shape[0] == len({tuple(row) for row in c.reshape(-1, heads).tolist()})
-
-
 def test_flop_counter_sees_the_model_components() -> None:
     """Under FlopCounterMode the engine's per-location FLOPs carry the dense forward's component names and
     scale with the unique rows: (rows through ff in the engine) / (K*T) exactly."""
@@ -350,101 +263,39 @@ def test_flop_counter_sees_the_model_components() -> None:
     assert dedup_counter.get_total_flops() < dense_counter.get_total_flops() / 2
 
 
-# --- prefix keys ------------------------------------------------------------------------------------
-
-
-def assert_prefix_ids_consistent(ids: torch.Tensor) -> None:
-    """Brute force: equal prefix ids <=> same position and equal ids up to it; rows dense in [0, R);
-    each group's rows laid out sequence-major from its start position."""
-    partition = prefix_partition(ids)
-    n_seq, n_tokens = ids.shape
-    prefixes = brute_force_prefixes(ids)
-    seen: dict[int, tuple] = {}
-    for (i, prefix), sequences in prefixes.items():
-        values = {int(partition.rows[k, i]) for k in sequences}
-        assert len(values) == 1, (i, prefix)  # equal prefixes -> equal ids
-        (value,) = values
-        assert value not in seen, (seen.get(value), (i, prefix))  # different prefixes -> different ids
-        seen[value] = (i, prefix)
-    assert sorted(seen) == list(range(partition.n_rows))
-    assert sum(partition.per_position) == partition.n_rows
-    assert partition.per_position == tuple(sum(1 for i, _ in prefixes if i == t) for t in range(n_tokens))
-    # Each row's representative location holds that prefix; groups cover the rows in order.
-    assert torch.equal(partition.rows.reshape(-1)[partition.row_location], torch.arange(partition.n_rows))
-    row = 0
-    for group in partition.groups:
-        n, t_q = group.sequences.shape[0], n_tokens - group.start
-        assert group.first_row == row and n > 0
-        expected = row + torch.arange(n * t_q).reshape(n, t_q)
-        assert torch.equal(partition.rows[group.sequences][:, group.start :], expected)
-        row += n * t_q
-    assert row == partition.n_rows
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    n_seq=st.integers(0, 40),
-    n_tokens=st.integers(1, 6),
-    n_values=st.integers(1, 4),
-    seed=st.integers(0, 2**31 - 1),
-)
-def test_prefix_ids_are_consistent(n_seq: int, n_tokens: int, n_values: int, seed: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, n_values, (n_seq, n_tokens), generator=generator)
-    if n_seq > 2:  # repeated rows and shared prefixes, as in a local-energy batch
-        ids[n_seq // 2 :, : n_tokens // 2] = ids[0, : n_tokens // 2]
-        ids[-1] = ids[1]
-    assert_prefix_ids_consistent(ids * 1000 + 7)  # ids need not be dense
-
-
-def test_prefix_ids_of_a_local_energy_batch() -> None:
-    """On real inputs: connected configurations share long prefixes with their sample."""
-    config = TransformerConfig((4, 4), 2, d_model=8, n_heads=2, n_blocks=1, n_down=8)
-    model = random_model(config, None, seed=0)
-    s = local_energy_batch(model, Heisenberg(Lattice((4, 4))), 6, 0, "uniform")
-    inputs = model.shift_right(model.patching.to_tokens(s))
-    assert_prefix_ids_consistent(inputs)
-    assert prefix_partition(inputs).n_rows < 0.6 * inputs.numel()
-
-
-# --- chunking and threads ---------------------------------------------------------------------------
+# --- execution policy (chunks and threads) ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("baseline", [False, True])
-def test_chunked_engine_matches_dense_forward(monkeypatch, baseline: bool) -> None:
+def test_chunked_engine_matches_dense_forward(baseline: bool) -> None:
     """Tiny chunks (rows through the per-location stages, key rows per attention step) exercise every
     chunk boundary: still the dense forward, codes and gradients included."""
-    import vqnqs.dedup.engine as engine
-
-    monkeypatch.setattr(engine, "ROW_CHUNK", 3)
-    monkeypatch.setattr(engine, "ATTENTION_CHUNK_ROWS", 5)  # one sequence of T = 4 tokens per step
+    policy = ExecutionPolicy(row_chunk=3, attention_chunk_rows=5)  # one sequence of T = 4 tokens per step
     config = TransformerConfig((4, 4), 2, d_model=8, n_heads=2, n_blocks=2, n_down=8)
     model = random_model(config, None if baseline else VQConfig(heads=2, codes=3), seed=9, fit=not baseline)
     s = local_energy_batch(model, Heisenberg(Lattice((4, 4))), 5, 0, "model")
     with torch.no_grad():
-        result = dedup_log_prob(model, s, record_codes=True)
+        result = dedup_log_prob(model, s, record_codes=True, policy=policy)
         assert_same_log_prob(result.log_prob, model.log_prob(s))
         for engine_codes, codes in zip(result.codes, dense_codes(model, s), strict=True):
             assert torch.equal(engine_codes, codes)
     model.log_prob(s).sum().backward()
     dense_grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
     model.zero_grad(set_to_none=True)
-    dedup_log_prob(model, s).log_prob.sum().backward()
+    dedup_log_prob(model, s, policy=policy).log_prob.sum().backward()
     for p, g in zip(model.parameters(), dense_grads, strict=True):
         assert (p.grad is None) == (g is None)
         if g is not None:
             torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-12)
 
 
-def test_engine_restores_the_callers_threads(monkeypatch) -> None:
+def test_engine_restores_the_callers_threads() -> None:
     """The engine runs its small ops single-threaded and the big matmul stages on the caller's threads, and
     leaves the caller's setting as it found it (also when the forward raises half-way)."""
-    import vqnqs.dedup.engine as engine
-
     config = TransformerConfig((4, 4), 2, d_model=8, n_heads=2, n_blocks=1, n_down=8)
     model = random_model(config, VQConfig(heads=1, codes=2), seed=1)
     s = local_energy_batch(model, Heisenberg(Lattice((4, 4))), 4, 0, "model")
-    monkeypatch.setattr(engine, "PARALLEL_MIN_ROWS", 1)  # every matmul stage counts as big here
+    policy = ExecutionPolicy(parallel_min_rows=1)  # every matmul stage counts as big here
     seen: dict[str, list[int]] = {"qkv_proj": [], "quantizer": []}
     fail = []
 
@@ -462,12 +313,19 @@ def test_engine_restores_the_callers_threads(monkeypatch) -> None:
     try:
         torch.set_num_threads(2)
         with torch.no_grad():
-            dedup_log_prob(model, s)
+            dedup_log_prob(model, s, policy=policy)
             assert torch.get_num_threads() == 2
             assert seen["qkv_proj"] == [2] and set(seen["quantizer"]) == {1}
             fail.append(True)
             with pytest.raises(RuntimeError, match="boom"):
-                dedup_log_prob(model, s)
+                dedup_log_prob(model, s, policy=policy)
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
+
+
+def test_execution_policy_is_validated() -> None:
+    assert ExecutionPolicy() == ExecutionPolicy(row_chunk=16384, attention_chunk_rows=8192)
+    for bad in ({"row_chunk": 0}, {"attention_chunk_rows": -1}, {"parallel_min_rows": 0}, {"small_op_threads": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ExecutionPolicy(**bad)
