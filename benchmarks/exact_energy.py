@@ -10,17 +10,17 @@ against the reference of the metrics; writes ``benchmarks/results/exact_energy.j
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from vqnqs.io import write_json
+from vqnqs.io import read_json, write_json
 from vqnqs.physics.hamiltonian import build_hamiltonian
-from vqnqs.profiling.stage import system_of_dir
+from vqnqs.stages.inputs import system_from_info
 from vqnqs.vmc.checkpoint import load_model
 from vqnqs.vmc.enumeration import exact_energy
+from vqnqs.vmc.evaluation import relative_error
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -36,11 +36,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     records = []
     for directory in args.model_dirs:
         started = time.perf_counter()
-        system = system_of_dir(directory)
+        model, info = load_model(directory / "model.pt")
+        system = system_from_info(info, str(directory / "model.pt"))
         hamiltonian = build_hamiltonian(system["system"], system["size"], system["boundary"])
-        model, _ = load_model(directory / "model.pt")
         model = model.double()
-        metrics = json.loads((directory / "metrics.json").read_text())
+        metrics = read_json(directory / "metrics.json")
         reference = metrics["reference_per_site"]
         exact = exact_energy(hamiltonian, model)
         record = {
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "sampled_energy_error": metrics.get("energy_error"),
             "sampled_rel_error": metrics.get("rel_error"),
             "exact_energy_per_site": exact["energy_per_site"],
-            "exact_rel_error": abs(exact["energy_per_site"] - reference) / abs(reference),
+            "exact_rel_error": relative_error(exact["energy_per_site"], reference),
             "reference_per_site": reference,
             "norm": exact["norm"],
             "n_states": exact["n_states"],

@@ -9,9 +9,7 @@ import pytest
 import yaml
 
 from vqnqs.config import ParamsError, load_params, params_schema, validate_params
-from vqnqs.profiling.stage import ProfileConfig
-from vqnqs.vmc.distill import DistillConfig
-from vqnqs.vmc.trainer import TrainConfig
+from vqnqs.stages.config import DistillConfig, ProfileConfig, TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROFILES = sorted((REPO_ROOT / "config").glob("*.yaml"))

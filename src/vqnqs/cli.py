@@ -1,8 +1,9 @@
 """The ``vqnqs`` command: one sub-command per pipeline stage, each runnable alone.
 
-Every sub-command validates all of its input before doing any work; a bad value ends the run
-with exit status 2 and one line that names the argument and what was expected, and no output
-file is written (outputs are written atomically).
+This module holds the argument parsers and thin handlers; the stages live in :mod:`vqnqs.stages`. Every
+sub-command validates all of its input before doing any work; a bad value ends the run with exit status 2
+and one line that names the argument and what was expected, and no output file is written (outputs are
+written atomically).
 """
 
 from __future__ import annotations
@@ -15,17 +16,14 @@ from pathlib import Path
 
 import yaml
 
-from vqnqs.config import DEFAULT_PARAMS_PATH, ParamsError, load_params, run_settings
+from vqnqs.config import DEFAULT_PARAMS_PATH, ParamsError, load_params, load_yaml
 from vqnqs.io import OutputError, ensure_writable_dir, write_json
-from vqnqs.physics.hamiltonian import SYSTEMS, build_hamiltonian
+from vqnqs.physics.hamiltonian import SYSTEMS
 from vqnqs.physics.lattice import BOUNDARIES, parse_size
 from vqnqs.physics.reference import DEFAULT_LITERATURE_KEY, DEFAULT_LITERATURE_PATH, METHODS, compute_reference
-from vqnqs.tracking import Run, TrackingError
-from vqnqs.vmc.trainer import TrainConfig, Trainer, TrainingError, load_reference, model_config
-
-
-class UsageError(ValueError):
-    """Bad input found after parsing (e.g. a combination of arguments): exit 2, one line."""
+from vqnqs.stages.settings import UsageError, hamiltonian_from, open_run, resolve_system, stage_config
+from vqnqs.tracking import TrackingError
+from vqnqs.vmc.step import TrainingError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,43 +95,6 @@ def add_system_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def resolve_system(args: argparse.Namespace) -> tuple[dict, dict]:
-    """Merge explicit flags over the ``--run`` entry; returns (system settings, whole params or {})."""
-    params: dict = {}
-    settings = {"boundary": "open", "gamma": None, "J": 1.0, "sign_rule": None}
-    if args.run is not None:
-        params = load_params(args.params)
-        settings = run_settings(params, args.run)
-        if settings["system"] != "tfim":
-            settings["gamma"] = None
-    explicit = {
-        "system": args.system,
-        "size": args.size,
-        "boundary": args.boundary,
-        "gamma": args.gamma,
-        "J": args.coupling,
-        "sign_rule": args.sign_rule,
-    }
-    settings.update({key: value for key, value in explicit.items() if value is not None})
-    for key in ("system", "size"):
-        if settings.get(key) is None:
-            raise UsageError(f"argument --{key}: required (or take it from the params file with --run KEY)")
-    if settings["system"] != "tfim" and settings["gamma"] not in (None, 1.0):
-        raise UsageError("argument --gamma: only the tfim system has a transverse field")
-    return settings, params
-
-
-def hamiltonian_from(settings: dict):
-    return build_hamiltonian(
-        settings["system"],
-        settings["size"],
-        settings["boundary"],
-        gamma=1.0 if settings["gamma"] is None else settings["gamma"],
-        coupling=settings["J"],
-        sign_rule=settings["sign_rule"],
-    )
-
-
 # --- stages -------------------------------------------------------------------------------------
 
 
@@ -188,7 +149,7 @@ def set_argument(text: str) -> tuple[str, object]:
     if not separator or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
-        return key.strip(), yaml.safe_load(value)
+        return key.strip(), load_yaml(value)
     except yaml.YAMLError as err:
         raise argparse.ArgumentTypeError(f"{key.strip()}: value {value!r} is not valid YAML") from err
 
@@ -218,23 +179,21 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
+    from vqnqs.stages.config import TrainConfig
+    from vqnqs.stages.inputs import load_reference
+    from vqnqs.stages.train import Trainer
+
     settings, params = resolve_system(args)
     hamiltonian = hamiltonian_from(settings)
-    # Later mappings win: params' global 'train', the run's own 'train', then --set.
-    merged = {**params.get("train", {}), **settings.pop("train", {}), **dict(args.overrides)}
+    config = stage_config(TrainConfig, params, settings, args.overrides)
     try:
-        config = TrainConfig.from_mapping(merged)
-        model_config(config, hamiltonian)  # the patch must tile the lattice
+        config.transformer_config(hamiltonian)  # the patch must tile the lattice
     except ValueError as err:
         raise UsageError(f"train settings: {err}") from err
     reference = load_reference(args.reference, hamiltonian)
     ensure_writable_dir(args.out_dir)
-    # The params this stage used (its MLflow params and params hash): the Hamiltonian and the training settings,
-    # not the other stages' mappings that a system entry may also carry.
-    system = {key: settings[key] for key in ("system", "size", "boundary", "gamma", "J", "sign_rule")}
-    used = {"system": system, "train": config.to_dict(), "reference": str(args.reference)}
-    tags = {"system": settings["system"], "size": settings["size"], "boundary": settings["boundary"], "run": args.run}
-    with Run("train", used, tags, experiment=params.get("experiment")) as run:
+    used = {"train": config.to_dict(), "reference": str(args.reference)}
+    with open_run("train", settings, params, args.run, used) as run:
         metrics = Trainer(hamiltonian, config, args.out_dir, reference).run(run, resume=not args.fresh)
     print(
         f"{settings['system']} {settings['size']}: E/N = {metrics['energy_per_site']:.8f} "
@@ -278,16 +237,13 @@ def add_distill(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_distill(args: argparse.Namespace) -> None:
-    from vqnqs.vmc.distill import DistillConfig, Distiller, check_bits, load_teacher
+    from vqnqs.stages.config import DistillConfig, check_bits
+    from vqnqs.stages.distill import Distiller
+    from vqnqs.stages.inputs import finite_number, load_reference, load_teacher
 
     settings, params = resolve_system(args)
     hamiltonian = hamiltonian_from(settings)
-    # Later mappings win: params' global 'distill', the run's own 'distill', then --set.
-    merged = {**(params.get("distill") or {}), **settings.pop("distill", {}), **dict(args.overrides)}
-    try:
-        config = DistillConfig.from_mapping(merged)
-    except ValueError as err:
-        raise UsageError(f"distill settings: {err}") from err
+    config = stage_config(DistillConfig, params, settings, args.overrides)
     try:
         config.vq_config(args.bits)
     except ValueError as err:
@@ -303,30 +259,20 @@ def run_distill(args: argparse.Namespace) -> None:
         raise UsageError(f"argument --bits: {err}") from err
     if args.reference is not None:
         reference = load_reference(args.reference, hamiltonian)
-    else:
-        reference = teacher.metrics.get("reference_per_site")
-        if isinstance(reference, bool) or not isinstance(reference, (int, float)) or not math.isfinite(reference):
-            raise UsageError(
-                f"argument --reference: required ({teacher.path.parent}/metrics.json has no reference_per_site)"
-            )
+    elif (reference := finite_number(teacher.metrics, "reference_per_site")) is None:
+        raise UsageError(
+            f"argument --reference: required ({teacher.path.parent}/metrics.json has no reference_per_site)"
+        )
     ensure_writable_dir(args.out_dir)
     used = {
-        "system": settings,
         "distill": config.to_dict(),
         "bits": args.bits,
         "teacher": str(args.teacher),
         "teacher_digest": teacher.digest,
         "reference": str(args.reference) if args.reference is not None else "teacher metrics.json",
     }
-    tags = {
-        "system": settings["system"],
-        "size": settings["size"],
-        "boundary": settings["boundary"],
-        "bits": args.bits,
-        "run": args.run,
-    }
-    with Run("distill", used, tags, experiment=params.get("experiment")) as run:
-        distiller = Distiller(hamiltonian, teacher, config, args.bits, args.out_dir, float(reference))
+    with open_run("distill", settings, params, args.run, used, bits=args.bits) as run:
+        distiller = Distiller(hamiltonian, teacher, config, args.bits, args.out_dir, reference)
         metrics = distiller.run(run, resume=not args.fresh)
     teacher_rel = metrics["teacher_rel_error"]
     print(
@@ -365,40 +311,38 @@ def add_profile(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_profile(args: argparse.Namespace) -> None:
-    from vqnqs.profiling import stage
+    from vqnqs.profiling.flops import model_bits
+    from vqnqs.profiling.table import bits_value
+    from vqnqs.stages.config import ProfileConfig
+    from vqnqs.stages.inputs import check_model_dir, load_reference, load_trained, system_from_info
+    from vqnqs.stages.profile import run_profile_stage, summary_line
 
-    stage.check_model_dir(args.model_dir, "model")
-    stage.check_model_dir(args.baseline, "baseline")
+    check_model_dir(args.model_dir, "model")
+    check_model_dir(args.baseline, "baseline")
     if args.run is not None or args.system is not None or args.size is not None:
         settings, params = resolve_system(args)
     else:
-        settings, params = stage.system_of_dir(args.baseline), {}
+        _, info, path = load_trained(args.baseline, "baseline", vq=False)
+        settings, params = system_from_info(info, str(path)), {}
     hamiltonian = hamiltonian_from(settings)
-    try:
-        # Later mappings win: params' global 'profiling', the run's own 'profiling', then --set.
-        merged = {**(params.get("profiling") or {}), **settings.pop("profiling", {}), **dict(args.overrides)}
-        config = stage.ProfileConfig.from_mapping(merged)
-    except (TypeError, ValueError) as err:
-        raise UsageError(f"profile settings: {err}") from err
+    config = stage_config(ProfileConfig, params, settings, args.overrides)
     reference = load_reference(args.reference, hamiltonian) if args.reference is not None else None
     ensure_writable_dir(args.out.parent)
-    used = {"system": settings, "profile": config.to_dict(), "model_dir": str(args.model_dir)}
-    used |= {"baseline": str(args.baseline), "reference": None if args.reference is None else str(args.reference)}
-    tags = {"system": settings["system"], "size": settings["size"], "boundary": settings["boundary"], "run": args.run}
-    tags["bits"] = stage.stated_bits(args.model_dir)
-    with Run("profile", used, tags, experiment=params.get("experiment")) as run:
-        result = stage.run_profile_stage(
+    student, _, _ = load_trained(args.model_dir, "model", vq=True, hamiltonian=hamiltonian)
+    used = {"profile": config.to_dict(), "model_dir": str(args.model_dir), "baseline": str(args.baseline)}
+    used["reference"] = None if args.reference is None else str(args.reference)
+    with open_run("profile", settings, params, args.run, used, bits=bits_value(model_bits(student))) as run:
+        result = run_profile_stage(
             args.model_dir, args.baseline, args.out, hamiltonian, settings, config, reference_per_site=reference
         )
+        keys = ("total_savings", "quantized_ops_savings", "flops_dense_per_sample", "flops_dedup_per_sample")
+        keys += ("total_savings_no_prefix", "time_dense_s", "time_dedup_s", "time_speedup")
         for row in result.rows:
-            keys = ("total_savings", "quantized_ops_savings", "flops_dense_per_sample", "flops_dedup_per_sample")
-            keys += ("total_savings_no_prefix",)
-            keys += ("time_dense_s", "time_dedup_s", "time_speedup")
             run.log_metrics({f"{row['model']}_{key}": row[key] for key in keys if row.get(key) is not None})
         run.flush()
         run.log_artifact(result.out)
         run.log_artifact(result.components_out)
-    print(f"{stage.summary_line(result)}\n-> {result.out}, {result.components_out}")
+    print(f"{summary_line(result)}\n-> {result.out}, {result.components_out}")
 
 
 def add_report(subparsers: argparse._SubParsersAction) -> None:
@@ -420,6 +364,7 @@ def add_report(subparsers: argparse._SubParsersAction) -> None:
 
 def run_report(args: argparse.Namespace) -> None:
     from vqnqs.report import inputs_from_params, write_report
+    from vqnqs.tracking import Run
 
     params = load_params(args.params)
     inputs = inputs_from_params(params, args.data_dir)

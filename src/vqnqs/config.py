@@ -1,16 +1,17 @@
-"""``params.yaml``: loading, validation against the JSON schema, and per-run settings.
+"""``params.yaml``: loading, validation, and per-run settings.
 
-The schema (``src/vqnqs/schemas/params.schema.json``, also at ``workflow/schemas/``) is the single
-statement of what a params file may hold; the CLI and the Snakefile both enforce it before any work.
-A violation raises :class:`ParamsError` whose message names the offending key.
+What a params file may hold is the schema (``src/vqnqs/schemas/params.schema.json``, also at
+``workflow/schemas/``), generated from the stage configs (:mod:`vqnqs.schema`); the CLI and the Snakefile
+both enforce it before any work, and the CLI also builds every stage section's config (:mod:`vqnqs.knobs`),
+so a value gets the same verdict in a params file and in ``--set``. A violation raises :class:`ParamsError`
+whose message names the offending key. YAML is read by :func:`load_yaml` everywhere (params files, ``--set``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import typing
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,38 @@ def _check_finite(value: Any, parts: tuple = ()) -> None:
         raise ParamsError(f"{_key_path(parts)}: expected a finite number, got {value}")
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-3`` (an exponent without a dot: YAML 1.1 text) as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?([0-9][0-9_]*)?[.]?[0-9]*[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML as the params files and ``--set`` values are read (``yaml.YAMLError`` on bad syntax)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _check_sections(params: dict, source: str) -> None:
+    """Build each stage section's config (global and per run): the knob checks of ``--set`` too."""
+    from vqnqs.stages.config import STAGE_CONFIGS  # local: torch is imported only when params are checked
+
+    places = [((), params)] + [(("systems", run), entry) for run, entry in params["systems"].items()]
+    for parts, node in places:
+        for config in STAGE_CONFIGS:
+            if config.section in node:
+                try:
+                    config.from_mapping(node[config.section])
+                except ValueError as err:
+                    raise ParamsError(f"{source}: {_key_path((*parts, config.section))}: {err}") from err
+
+
 def validate_params(params: Any, source: str = "params") -> dict:
-    """Validate and fill schema defaults; raise :class:`ParamsError` naming the first bad key."""
+    """Validate against the schema and the stage configs; raise :class:`ParamsError` naming the first bad key."""
     if not isinstance(params, dict):
         raise ParamsError(f"{source}: expected a mapping at the top level")
     validator = jsonschema.Draft202012Validator(params_schema())
@@ -55,6 +86,7 @@ def validate_params(params: Any, source: str = "params") -> dict:
         error = errors[0]
         raise ParamsError(f"{source}: {_key_path(error.absolute_path)}: {error.message}")
     _check_finite(params)
+    _check_sections(params, source)
     return params
 
 
@@ -65,7 +97,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> dict:
     except OSError as err:
         raise ParamsError(f"params {path}: cannot read ({err.strerror or err})") from err
     try:
-        params = yaml.safe_load(text)
+        params = load_yaml(text)
     except yaml.YAMLError as err:
         raise ParamsError(f"params {path}: not valid YAML ({err})") from err
     return validate_params(params, str(path))
@@ -78,41 +110,3 @@ def run_settings(params: dict, run: str) -> dict:
         raise ParamsError(f"systems.{run}: no such run in params (have: {', '.join(systems)})")
     defaults = {"boundary": "open", "gamma": 1.0, "J": 1.0, "sign_rule": None}
     return {**defaults, **systems[run]}
-
-
-def check_field_types(config: Any) -> None:
-    """Each field of the dataclass ``config`` against its annotation, raising ``ValueError`` naming the field.
-
-    Floats also take ints, and text such as ``1e-3``: YAML 1.1 (PyYAML) reads an exponent without a dot
-    as a string; such values are stored back as floats. Booleans are never taken for numbers.
-    """
-    hints = typing.get_type_hints(type(config))
-    for field in dataclasses.fields(config):
-        name, value = field.name, getattr(config, field.name)
-        kinds = typing.get_args(hints[name]) or (hints[name],)
-        optional = type(None) in kinds
-        kind = next(k for k in kinds if k is not type(None))
-        expected = f"{kind.__name__}{' or null' if optional else ''}"
-        if value is None:
-            if optional:
-                continue
-            raise ValueError(f"{name}: expected {expected}, got null")
-        if kind is float and not isinstance(value, bool):
-            try:
-                value = float(value) if isinstance(value, (int, float, str)) else value
-            except ValueError:
-                pass
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{name} {value}: expected a finite number")
-            object.__setattr__(config, name, value)
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            raise ValueError(f"{name} {value!r}: expected {expected}")
-
-
-def config_from_mapping(cls: type, mapping: dict, what: str) -> Any:
-    """``cls(**mapping)`` for a config dataclass; an unknown key raises ``ValueError`` naming it and ``what``."""
-    known = [f.name for f in dataclasses.fields(cls)]
-    for key in mapping:
-        if key not in known:
-            raise ValueError(f"{what} setting {key!r}: unknown (known: {', '.join(known)})")
-    return cls(**mapping)

@@ -15,6 +15,24 @@ class OutputError(RuntimeError):
     """An output location that cannot be written (read-only, full, not a directory)."""
 
 
+class InputError(ValueError):
+    """An input file that is missing or unusable; the message names the file."""
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """The JSON object in ``path``; :class:`InputError` naming the file if missing, unreadable or not an object."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: cannot read a JSON record ({err})") from err
+    if not isinstance(record, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    return record
+
+
 def ensure_writable_dir(directory: str | os.PathLike) -> Path:
     """Create ``directory`` if needed and check that files can be created in it, before any work."""
     path = Path(directory)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from typing import Any
 import jsonschema
 
 JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
+# Text a float knob takes as a number: YAML 1.1 (PyYAML) reads 1e-3, without a dot, as a string.
+NUMBER_TEXT = r"^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$"
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,10 @@ def knob_schema(cls: type, name: str) -> dict:
     kind, optional = field_type(cls, name)
     if spec.choices is not None:
         return {"enum": [*spec.choices, *([None] if optional else [])]}
-    schema: dict = {"type": [JSON_TYPES[kind], "null"] if optional else JSON_TYPES[kind]}
+    types_ = [JSON_TYPES[kind], *(["string"] if kind is float else []), *(["null"] if optional else [])]
+    schema: dict = {"type": types_ if len(types_) > 1 else types_[0]}
+    if kind is float:  # numeric text (bounds apply to numbers; check_knob applies them to the text's value)
+        schema["pattern"] = NUMBER_TEXT
     bounds = {
         "minimum": spec.minimum,
         "exclusiveMinimum": spec.exclusive_minimum,
@@ -99,11 +105,8 @@ def _coerce(kind: type, value: Any) -> Any:
     if kind is float and not isinstance(value, bool):
         if isinstance(value, int):
             return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                return value
+        if isinstance(value, str) and re.match(NUMBER_TEXT, value.strip()):
+            return float(value)
     return value
 
 

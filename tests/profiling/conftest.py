@@ -9,7 +9,7 @@ from vqnqs.models import AutoregressiveTransformer, TransformerConfig, VQConfig,
 from vqnqs.physics.hamiltonian import TransverseFieldIsing, build_hamiltonian
 from vqnqs.physics.lattice import Lattice
 from vqnqs.vmc.checkpoint import save_model
-from vqnqs.vmc.trainer import system_info
+from vqnqs.stages.inputs import system_info
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ import torch
 
 from vqnqs.physics.exact import tfim_free_fermion_energy
 from vqnqs.physics.hamiltonian import build_hamiltonian
-from vqnqs.vmc.trainer import TrainConfig
+from vqnqs.stages.config import TrainConfig
 
 TINY = {
     "steps": 6,

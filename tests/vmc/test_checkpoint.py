@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vqnqs.vmc.checkpoint import CheckpointError, load_checkpoint, load_model, save_model
-from vqnqs.vmc.trainer import Trainer
+from vqnqs.stages.train import Trainer
 
 from .conftest import tiny_config
 

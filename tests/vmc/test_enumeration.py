@@ -33,7 +33,7 @@ def test_enumerated_energy_is_the_dense_expectation(system, size, shape, sz):
 
 
 def test_final_evaluation_adds_the_exact_energy_on_small_lattices(tmp_path, chain):
-    from vqnqs.vmc.trainer import Trainer
+    from vqnqs.stages.train import Trainer
 
     from .conftest import tiny_config
 

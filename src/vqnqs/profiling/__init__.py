@@ -4,7 +4,7 @@
 - :mod:`vqnqs.profiling.timing`: median wall-clock of both paths on the same batch;
 - :mod:`vqnqs.profiling.scaling`: :func:`fit_power_law` (cost vs N);
 - :mod:`vqnqs.profiling.untrained`: paper-shape VQ models with a data-initialised codebook (benchmarks);
-- :mod:`vqnqs.profiling.stage`: the ``vqnqs profile`` stage (CSV tables).
+- :mod:`vqnqs.profiling.table`: the profile table's rows (the stage itself: :mod:`vqnqs.stages.profile`).
 
 Only :func:`fit_power_law` is imported eagerly (numpy only); the rest load on first use.
 """
@@ -26,9 +26,6 @@ _LAZY = {
     "savings": "flops",
     "Timing": "timing",
     "time_local_energy": "timing",
-    "ProfileConfig": "stage",
-    "ProfileInputError": "stage",
-    "run_profile_stage": "stage",
     "untrained_vq_model": "untrained",
 }
 

@@ -18,6 +18,7 @@ import torch
 from vqnqs.models.transformer import AutoregressiveTransformer
 from vqnqs.physics.basis import all_configurations
 from vqnqs.physics.hamiltonian import Hamiltonian
+from vqnqs.vmc.evaluation import relative_error
 from vqnqs.vmc.local_energy import local_energy
 
 MAX_STATES = 2**22  # enumeration beyond this is a job for sampling
@@ -42,7 +43,7 @@ def exact_energy(hamiltonian: Hamiltonian, model: AutoregressiveTransformer, chu
     s = all_configurations(n_sites, n_down).to(model.device)  # (D, N)
     with torch.no_grad():
         probability = torch.cat([model.log_prob(c).double().exp() for c in s.split(chunk_size)])  # (D,)
-        e_loc = local_energy(hamiltonian, model, s, chunk_size=chunk_size, dedup=True)  # (D,) float64
+        e_loc = local_energy(hamiltonian, model, s, chunk_size=chunk_size, engine="dedup")  # (D,) float64
     return {
         "energy_per_site": float((probability * e_loc).sum() / probability.sum()) / n_sites,
         "norm": float(probability.sum()),
@@ -65,6 +66,6 @@ def exact_metrics(hamiltonian: Hamiltonian, model: AutoregressiveTransformer, re
     energy = exact["energy_per_site"]
     return {
         "exact_energy_per_site": energy,
-        "exact_rel_error": abs(energy - reference) / abs(reference),
+        "exact_rel_error": relative_error(energy, reference),
         "exact_states": n_states,
     }

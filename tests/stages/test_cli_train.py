@@ -5,9 +5,9 @@ import json
 import pytest
 
 from vqnqs.cli import main
-from vqnqs.vmc.trainer import METRICS_KEYS
+from vqnqs.stages.train import METRICS_KEYS
 
-from .conftest import TINY
+from ..vmc.conftest import TINY
 
 SMALL = [arg for key, value in TINY.items() if key != "steps" for arg in ("--set", f"{key}={value}")]
 

@@ -8,9 +8,9 @@ import torch
 from vqnqs.cli import main
 from vqnqs.models import VQTransformer
 from vqnqs.vmc.checkpoint import load_model
-from vqnqs.vmc.distill import METRICS_KEYS
+from vqnqs.stages.distill import METRICS_KEYS
 
-from .conftest import TINY
+from ..vmc.conftest import TINY
 
 TRAIN = [arg for key, value in TINY.items() if key != "steps" for arg in ("--set", f"{key}={value}")]
 DISTILL_SETTINGS = {

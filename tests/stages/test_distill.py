@@ -10,20 +10,22 @@ from torch import nn
 
 import vqnqs.dedup as dedup_module
 from vqnqs.dedup import dense_codes
-from vqnqs.models import AutoregressiveTransformer, TransformerConfig, VQConfig, VQTransformer, make_vq_model
+from vqnqs.models import (
+    AutoregressiveTransformer,
+    TransformerConfig,
+    VQConfig,
+    VQTransformer,
+    codebook_upkeep,
+    make_vq_model,
+)
 from vqnqs.physics.basis import all_configurations
 from vqnqs.physics.hamiltonian import build_hamiltonian
 from vqnqs.vmc.checkpoint import CheckpointError, load_checkpoint, load_model, save_model
-from vqnqs.vmc.distill import (
-    METRICS_KEYS,
-    DistillationError,
-    DistillConfig,
-    Distiller,
-    check_bits,
-    load_teacher,
-)
+from vqnqs.stages.config import DistillConfig, check_bits
+from vqnqs.stages.distill import METRICS_KEYS, Distiller
+from vqnqs.stages.inputs import load_teacher, system_info
+from vqnqs.vmc.step import TrainingError
 from vqnqs.vmc.local_energy import local_energy
-from vqnqs.vmc.trainer import system_info
 
 TINY_DISTILL = {
     "steps": 30,
@@ -175,17 +177,17 @@ def test_dense_and_dedup_local_energies_agree_on_the_student(tmp_path, chain, te
     student = d.student.eval()
     s = student.sample(256, generator=torch.Generator().manual_seed(3))
     dense = local_energy(hamiltonian, student, s, chunk_size=64)
-    dedup = local_energy(hamiltonian, student, s, chunk_size=64, dedup=True)
+    dedup = local_energy(hamiltonian, student, s, chunk_size=64, engine="dedup")
     torch.testing.assert_close(dedup, dense, rtol=1e-12, atol=1e-12)
 
 
 def test_a_dedup_engine_that_disagrees_is_caught(tmp_path, chain, teacher_dir, monkeypatch):
     real = dedup_module.dedup_log_psi
     monkeypatch.setattr(
-        dedup_module, "dedup_log_psi", lambda model, s, prefix_reuse=True: real(model, s, prefix_reuse) + 1e-3 * s[:, 0]
+        dedup_module, "dedup_log_psi", lambda model, s, prefix_reuse=True: real(model, s, prefix_reuse=prefix_reuse) + 1e-3 * s[:, 0]
     )
     d = distiller(tmp_path, chain, teacher_dir, steps=2)
-    with pytest.raises(DistillationError, match="dense and dedup"):
+    with pytest.raises(TrainingError, match="dense and dedup"):
         d.run(progress=False)
     assert not (tmp_path / "out" / "metrics.json").exists()
 
@@ -229,9 +231,7 @@ def test_vq_model_file_round_trip_in_float64(tmp_path):
     config = TransformerConfig((8,), patch=2, d_model=8, n_heads=2, n_blocks=2)
     model = make_vq_model(config, VQConfig(heads=2, codes=8, init="rows")).double()
     s = all_configurations(8)
-    model.train()
-    model.log_psi(s)  # data-initialise the codebooks: buffers and codebook differ from a fresh model
-    model.eval()
+    codebook_upkeep(model, s)  # data-initialise the codebooks: buffers and codebook differ from a fresh model
     save_model(tmp_path / "m.pt", model, {"note": "vq"})
     loaded, info = load_model(tmp_path / "m.pt")
     assert isinstance(loaded, VQTransformer) and info == {"note": "vq"}
@@ -321,7 +321,7 @@ def test_nan_stops_the_run(tmp_path, chain, teacher_dir, monkeypatch):
     d = distiller(tmp_path, chain, teacher_dir, steps=6)
     real = d.teacher_model.log_psi
     monkeypatch.setattr(d.teacher_model, "log_psi", lambda s: real(s) * float("nan"))
-    with pytest.raises(DistillationError, match="step 1: the loss"):
+    with pytest.raises(TrainingError, match="step 1: the loss"):
         d.run(progress=False)
 
 

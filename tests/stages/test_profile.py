@@ -6,17 +6,13 @@ import json
 import pytest
 
 from vqnqs.cli import main
-from vqnqs.profiling.stage import (
-    COMPONENT_COLUMNS,
-    CONTRACT_COLUMNS,
-    ProfileConfig,
-    ProfileInputError,
-    components_path,
-    run_profile_stage,
-)
+from vqnqs.io import InputError as ProfileInputError
+from vqnqs.profiling.table import COMPONENT_COLUMNS, CONTRACT_COLUMNS, components_path
+from vqnqs.stages.config import ProfileConfig
+from vqnqs.stages.profile import run_profile_stage
 from vqnqs.profiling.timing import time_local_energy
 
-from .conftest import tiny_vq
+from ..profiling.conftest import tiny_vq
 
 QUICK = {"batch": 8, "n_batches": 2, "repeats": 1, "warmup": 0, "device": "cpu", "timing_devices": ["cpu"]}
 SYSTEM = {"system": "tfim", "size": "8"}

@@ -7,12 +7,14 @@ import math
 import pytest
 import torch
 
-import vqnqs.vmc.trainer as trainer_module
+import vqnqs.vmc.step as trainer_module
 from vqnqs.physics.hamiltonian import build_hamiltonian
 from vqnqs.vmc.checkpoint import load_checkpoint
-from vqnqs.vmc.trainer import METRICS_KEYS, TrainConfig, Trainer, TrainingError, model_config
+from vqnqs.stages.config import TrainConfig
+from vqnqs.stages.train import METRICS_KEYS, Trainer
+from vqnqs.vmc.step import TrainingError
 
-from .conftest import TINY, tiny_config
+from ..vmc.conftest import TINY, tiny_config
 
 
 def history(out_dir) -> list[dict]:
@@ -162,7 +164,7 @@ def test_config_validation():
 def test_model_config_patch(system, size, patch, expected):
     """No patch given: the lattice's default (4 spins on a chain, 2x2 on a square); a given one is kept."""
     hamiltonian = build_hamiltonian(system, size)
-    assert model_config(TrainConfig(patch=patch), hamiltonian).patch == expected
+    assert TrainConfig(patch=patch).transformer_config(hamiltonian).patch == expected
 
 
 def test_the_dedup_local_energy_follows_the_dense_trajectory(tmp_path, chain):

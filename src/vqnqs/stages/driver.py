@@ -1,0 +1,250 @@
+"""The stage driver: what every step-wise stage (train, distill) shares, around the update it supplies.
+
+A stage subclasses :class:`Stage` and supplies its state and four pieces::
+
+    update()         one parameter update -> its history row (a dict keyed by ``history_columns``)
+    evaluate()       the final evaluation -> metrics
+    state_dict()     what a checkpoint must hold besides the step, history, random streams and config
+    load_state_dict(state), output_model()
+
+The driver owns the rest (``run``), the same for every stage::
+
+    resume      checkpoint.pt in the out dir -> restore (same config up to RESUME_MAY_CHANGE, same system,
+                device and stage identity; another config or a stale identity -> start afresh, saying so)
+    loop        update() until total_steps; each row to the history and to MLflow; a tqdm bar;
+                checkpoint.pt and history.csv every ``checkpoint_every`` steps and at the last
+    outputs     evaluate(); model.pt, then metrics.json (present means complete), all written atomically;
+                final metrics and the files as MLflow artifacts
+
+With the same seed on CPU an interrupted and resumed run ends bit-identical to an uninterrupted one: the
+checkpoint holds the stage's state, every random generator (the global one, the stage's own streams,
+CUDA's) and the step, and the schedules are functions of the step alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from vqnqs.io import atomic_open, ensure_writable_dir, write_json
+from vqnqs.models import AutoregressiveTransformer
+from vqnqs.physics.hamiltonian import Hamiltonian
+from vqnqs.stages.config import RESUME_MAY_CHANGE, Config, resolve_device
+from vqnqs.stages.inputs import system_info
+from vqnqs.tracking import Run
+from vqnqs.vmc.checkpoint import CheckpointError, StaleCheckpoint, load_checkpoint, save_checkpoint, save_model
+
+CHECKPOINT_FILE = "checkpoint.pt"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+MODEL_FILE = "model.pt"
+
+
+class Stage:
+    """State and driver of one stage run in ``out_dir``; see the module docstring."""
+
+    name = ""  # "train", "distill": bar, messages, the checkpoint's stage entry
+    history_columns: tuple[str, ...] = ()
+    final_keys: tuple[str, ...] = ()  # metrics logged to MLflow as final_<key>
+
+    def __init__(self, hamiltonian: Hamiltonian, config: Config, out_dir: str | Path, reference: float) -> None:
+        self.hamiltonian = hamiltonian
+        self.config = config
+        self.out_dir = ensure_writable_dir(out_dir)
+        self.reference = reference
+        self.device = resolve_device(config.device)
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        self.generators: dict[str, torch.Generator] = {}  # the stage's random streams, checkpointed by name
+        self.step = 0
+        self.wall_time_s = 0.0  # time of earlier invocations, restored on resume
+        self.history: list[dict] = []
+
+    # --- what a stage supplies ---
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.steps
+
+    def update(self) -> dict:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """Checkpoint entries of the stage: model_config, model, optimizer and any others."""
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def identity(self) -> dict:
+        """Entries a resumed run must share with its checkpoint besides the config: ``{key: value}``."""
+        return {}
+
+    def stale_identity(self) -> dict[str, tuple[object, str]]:
+        """Entries whose change makes the checkpoint stale: ``{key: (value, what changed)}``."""
+        return {}
+
+    def output_model(self, metrics: dict) -> tuple[AutoregressiveTransformer, dict]:
+        """The model for model.pt and its info, given the evaluation's ``metrics``."""
+        raise NotImplementedError
+
+    def summary(self, metrics: dict) -> dict:
+        """Stage-specific entries of metrics.json beside the evaluation and the common ones."""
+        return {}
+
+    def postfix(self, row: dict) -> str:
+        """The progress bar's text for a history row."""
+        return ""
+
+    @property
+    def label(self) -> str:
+        """The progress bar's label."""
+        return self.name
+
+    # --- checkpoints ---
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_FILE
+
+    def save(self) -> None:
+        """checkpoint.pt (atomic), then history.csv rewritten from it."""
+        rng = {"torch": torch.get_rng_state(), **{name: g.get_state() for name, g in self.generators.items()}}
+        rng["cuda"] = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []
+        payload = {
+            "stage": self.name,
+            "step": self.step,
+            "wall_time_s": float(self.wall_time_s),
+            "device": self.device.type,
+            "system": system_info(self.hamiltonian),
+            "train_config": self.config.to_dict(),
+            # The per-step curve travels with the checkpoint: history.csv is rewritten from it, so a
+            # pipeline that deletes an interrupted stage's history.csv loses none of the curve.
+            "history": [dict(row) for row in self.history],
+            "rng": rng,
+            **self.identity(),
+            **{key: value for key, (value, _) in self.stale_identity().items()},
+            **self.state_dict(),
+        }
+        save_checkpoint(self.checkpoint_path, payload)
+        with atomic_open(self.out_dir / HISTORY_FILE) as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.history_columns)
+            writer.writeheader()
+            writer.writerows(self.history)
+
+    def restore(self) -> None:
+        """Continue from checkpoint.pt; :class:`StaleCheckpoint` if it was written with other settings."""
+        path = self.checkpoint_path
+        state = load_checkpoint(path, map_location=self.device)
+        if state.get("stage", "train") != self.name:
+            raise CheckpointError(f"checkpoint {path}: not a {self.name} checkpoint (use another --out-dir)")
+        stored = state["train_config"]
+        for key, value in self.config.to_dict().items():
+            if key not in RESUME_MAY_CHANGE and stored.get(key) != value:
+                raise StaleCheckpoint(
+                    f"checkpoint {path}: written with {key}={stored.get(key)!r}, this run has {key}={value!r}"
+                )
+        expected = {**self.identity(), "system": system_info(self.hamiltonian), "device": self.device.type}
+        for key, value in expected.items():
+            if state.get(key) != value:
+                raise CheckpointError(f"checkpoint {path}: written for {key} {state.get(key)}, this run has {value}")
+        for key, (value, what) in self.stale_identity().items():
+            if state.get(key) != value:
+                raise StaleCheckpoint(f"checkpoint {path}: written for {what}, this run has {value} (or use --fresh)")
+        try:
+            self.load_state_dict(state)
+            torch.set_rng_state(state["rng"]["torch"].cpu())
+            for name, generator in self.generators.items():
+                generator.set_state(state["rng"][name].cpu())
+            if self.device.type == "cuda":
+                torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            reason = str(err).strip().splitlines()[0]
+            raise CheckpointError(f"checkpoint {path}: does not fit this run's model or optimiser ({reason})") from err
+        self.step = state["step"]
+        self.wall_time_s = state["wall_time_s"]
+        self.history = [row for row in state.get("history", []) if int(row["step"]) <= self.step]
+
+    # --- the run ---
+
+    def loop(self, tracker: Run | None, progress: bool | None) -> tuple[int, float]:
+        """``update()`` until ``total_steps`` with history, MLflow, bar and checkpoints; (updates, seconds)."""
+        first_step, start = self.step, time.perf_counter()
+        tick = start
+        disable = None if progress is None else not progress  # None: tqdm shows the bar on a terminal only
+        with tqdm(
+            total=self.total_steps, initial=self.step, desc=self.label, disable=disable, dynamic_ncols=True
+        ) as bar:
+            while self.step < self.total_steps:
+                row = self.update()
+                self.history.append(row)
+                if tracker is not None:
+                    numbers = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
+                    tracker.log_metrics(numbers, step=row["step"])
+                bar.update(1)
+                bar.set_postfix_str(self.postfix(row))
+                self.wall_time_s += time.perf_counter() - tick
+                tick = time.perf_counter()
+                if self.step % self.config.checkpoint_every == 0 or self.step == self.total_steps:
+                    self.save()
+                    if tracker is not None:
+                        tracker.flush()
+        return self.step - first_step, time.perf_counter() - start
+
+    def run(self, tracker: Run | None = None, resume: bool = True, progress: bool | None = None) -> dict:
+        """Resume if a checkpoint is there, run to ``total_steps``, evaluate, write the outputs.
+
+        ``progress``: show the tqdm bar (None: only on a terminal). Returns the metrics of metrics.json.
+        """
+        if resume and self.checkpoint_path.exists():
+            try:
+                self.restore()
+                print(
+                    f"{self.name}: resuming from step {self.step} of {self.total_steps} ({self.checkpoint_path})",
+                    file=sys.stderr,
+                )
+            except StaleCheckpoint as stale:  # the pipeline reran this stage because its settings changed
+                print(f"{self.name}: {stale}; starting afresh", file=sys.stderr)
+        steps_run, seconds = self.loop(tracker, progress)
+
+        eval_start = time.perf_counter()
+        metrics = self.evaluate()
+        eval_time = time.perf_counter() - eval_start
+        self.wall_time_s += eval_time
+        model, info = self.output_model(metrics)
+        metrics.update(
+            {
+                "n_params": model.n_params,
+                "steps": self.step,
+                "wall_time_s": self.wall_time_s,
+                "eval_time_s": eval_time,
+                "seconds_per_step": seconds / steps_run if steps_run else None,
+                "device": self.device.type,
+                "threads": torch.get_num_threads(),
+                **self.summary(metrics),
+                **system_info(self.hamiltonian),
+            }
+        )
+        save_model(self.out_dir / MODEL_FILE, model, info)
+        write_json(self.out_dir / METRICS_FILE, metrics)  # last: metrics.json present means the stage is complete
+        if tracker is not None:
+            final = {f"final_{key}": metrics.get(key) for key in self.final_keys}
+            tracker.log_metrics({k: v for k, v in final.items() if isinstance(v, (int, float))})
+            tracker.flush()
+            for name in (METRICS_FILE, HISTORY_FILE, CHECKPOINT_FILE, MODEL_FILE):
+                tracker.log_artifact(self.out_dir / name)
+        return metrics
+
+
+def mean_of(rows: list[dict], key: str) -> float | None:
+    """Mean of the non-empty ``key`` entries of ``rows`` (None if none)."""
+    values = [float(row[key]) for row in rows if row.get(key) not in (None, "")]
+    return sum(values) / len(values) if values else None

@@ -1,0 +1,141 @@
+"""What the stages read: reference records, trained model directories, and what identifies a system.
+
+Every reader checks its input against the system being run before any work and raises a ``ValueError``
+(:class:`~vqnqs.io.InputError` or :class:`~vqnqs.vmc.checkpoint.CheckpointError`) naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from vqnqs.io import InputError, read_json
+from vqnqs.models import AutoregressiveTransformer, VQTransformer
+from vqnqs.physics.hamiltonian import Hamiltonian
+from vqnqs.vmc.checkpoint import CheckpointError, load_model
+
+MODEL_FILE = "model.pt"
+METRICS_FILE = "metrics.json"
+
+
+def system_info(hamiltonian: Hamiltonian) -> dict:
+    """What identifies a system (size, boundary, sites, system and couplings): in metrics.json and model.pt."""
+    lattice = hamiltonian.lattice
+    return {
+        "size": lattice.size,
+        "boundary": lattice.boundary,
+        "n_sites": hamiltonian.n_sites,
+        **hamiltonian.describe(),
+    }
+
+
+def finite_number(record: dict, key: str) -> float | None:
+    """``record[key]`` as a float if it is a finite number (not a bool), else None."""
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def load_reference(path: str | Path, hamiltonian: Hamiltonian) -> float:
+    """``energy_per_site`` of a reference JSON, checked to describe the same system, size and boundary."""
+    try:
+        record = read_json(path)
+    except InputError as err:
+        raise InputError(f"reference {err}") from err
+    lattice = hamiltonian.lattice
+    for key, value in {"system": hamiltonian.system, "size": lattice.size, "boundary": lattice.boundary}.items():
+        if record.get(key) != value:
+            raise InputError(f"reference {path}: {key} is {record.get(key)!r}, the trained system has {value!r}")
+    energy = finite_number(record, "energy_per_site")
+    if energy is None:
+        raise InputError(f"reference {path}: energy_per_site {record.get('energy_per_site')!r} is not a finite number")
+    return energy
+
+
+def system_from_info(info: dict, source: str) -> dict:
+    """System settings (as :func:`vqnqs.stages.settings.resolve_system` gives them) from a model file's info."""
+    if not isinstance(info.get("system"), str) or not isinstance(info.get("size"), str):
+        raise InputError(f"{source}: its info names no system and size; give --run KEY or --system/--size")
+    return {
+        "system": info["system"],
+        "size": info["size"],
+        "boundary": info.get("boundary", "open"),
+        "gamma": info.get("gamma"),
+        "J": info.get("J", 1.0),
+        "sign_rule": info.get("sign_rule"),
+    }
+
+
+def check_model_dir(directory: str | Path, what: str) -> tuple[Path, Path]:
+    """``(model.pt, metrics.json)`` of a stage out dir; a missing one is an :class:`InputError` naming it."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputError(f"{what} directory {directory}: not found")
+    files = directory / MODEL_FILE, directory / METRICS_FILE
+    for path in files:
+        if not path.is_file():
+            raise InputError(f"{what} {path}: file not found")
+    return files
+
+
+def check_model_fits(model: AutoregressiveTransformer, info: dict, hamiltonian: Hamiltonian, path: Path) -> None:
+    """The model must describe ``hamiltonian``'s lattice and, where its info says, the same system."""
+    for key, value in system_info(hamiltonian).items():
+        if key in info and info[key] != value:
+            raise InputError(f"{path}: trained for {key} {info[key]!r}, this run has {value!r}")
+    shape, expected = tuple(model.config.lattice_shape), tuple(hamiltonian.lattice.shape)
+    if shape != expected:
+        raise InputError(f"{path}: model lattice {shape}, this run has {expected}")
+
+
+def load_trained(directory: str | Path, what: str, vq: bool, hamiltonian: Hamiltonian | None = None):
+    """``(model, info, path)`` of ``directory/model.pt``: a VQ model iff ``vq``, for ``hamiltonian`` if given."""
+    path = Path(directory) / MODEL_FILE
+    model, info = load_model(path)  # CheckpointError naming the file: missing, truncated, foreign, ...
+    if isinstance(model, VQTransformer) != vq:
+        hint = "no VQ model; --model-dir takes a distill" if vq else "a VQ model; --baseline takes the train"
+        raise InputError(f"{what} {path}: holds {hint} stage's out dir")
+    if hamiltonian is not None:
+        check_model_fits(model, info, hamiltonian, path)
+    return model, info, path
+
+
+@dataclass
+class Teacher:
+    """A trained baseline model from a train stage out dir, with what its files say about it."""
+
+    model: AutoregressiveTransformer
+    info: dict  # model.pt's info (system, steps, energy_per_site)
+    metrics: dict  # metrics.json ({} where absent)
+    path: Path  # model.pt
+    digest: str  # sha256 of model.pt's bytes (a resumed distillation must use the same teacher)
+
+    @property
+    def energy_per_site(self) -> float | None:
+        return finite_number({**self.info, **self.metrics}, "energy_per_site")
+
+
+def load_teacher(directory: str | Path, hamiltonian: Hamiltonian | None = None) -> Teacher:
+    """The teacher of a train stage out dir (``model.pt``, ``metrics.json``); raises ``CheckpointError``.
+
+    With ``hamiltonian``, the teacher must have been trained for that system (size, boundary, couplings).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"teacher directory {directory}: not found")
+    path = directory / MODEL_FILE
+    model, info = load_model(path)
+    if isinstance(model, VQTransformer):
+        raise CheckpointError(f"teacher {path}: holds a VQ model; the teacher must be a baseline transformer")
+    if hamiltonian is not None:
+        try:
+            check_model_fits(model, info, hamiltonian, path)
+        except InputError as err:
+            raise CheckpointError(f"teacher {err}") from err
+    metrics_path = directory / METRICS_FILE
+    metrics = read_json(metrics_path) if metrics_path.exists() else {}
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return Teacher(model=model, info=info, metrics=metrics, path=path, digest=digest)

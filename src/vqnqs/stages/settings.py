@@ -1,0 +1,79 @@
+"""A stage's settings: the system (flags over the params file's run entry) and its config (params, run, --set).
+
+Settings of a stage come from, later ones winning::
+
+    the config dataclass's defaults  <  params[section]  <  params.systems[run][section]  <  --set KEY=VALUE
+
+and are validated once, when the config is built (:mod:`vqnqs.knobs`). The MLflow run of a stage records
+the settings it used (:func:`open_run`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from vqnqs.config import load_params, run_settings
+from vqnqs.physics.hamiltonian import Hamiltonian, build_hamiltonian
+from vqnqs.tracking import Run
+
+SYSTEM_KEYS = ("system", "size", "boundary", "gamma", "J", "sign_rule")
+
+
+class UsageError(ValueError):
+    """Bad input found after parsing (e.g. a combination of arguments): exit 2, one line."""
+
+
+def resolve_system(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Merge explicit flags over the ``--run`` entry; returns (system settings, whole params or {})."""
+    params: dict = {}
+    settings: dict[str, Any] = {"boundary": "open", "gamma": None, "J": 1.0, "sign_rule": None}
+    if args.run is not None:
+        params = load_params(args.params)
+        settings = run_settings(params, args.run)
+        if settings["system"] != "tfim":
+            settings["gamma"] = None
+    explicit = {
+        "system": args.system,
+        "size": args.size,
+        "boundary": args.boundary,
+        "gamma": args.gamma,
+        "J": args.coupling,
+        "sign_rule": args.sign_rule,
+    }
+    settings.update({key: value for key, value in explicit.items() if value is not None})
+    for key in ("system", "size"):
+        if settings.get(key) is None:
+            raise UsageError(f"argument --{key}: required (or take it from the params file with --run KEY)")
+    if settings["system"] != "tfim" and settings["gamma"] not in (None, 1.0):
+        raise UsageError("argument --gamma: only the tfim system has a transverse field")
+    return settings, params
+
+
+def hamiltonian_from(settings: dict) -> Hamiltonian:
+    return build_hamiltonian(
+        settings["system"],
+        settings["size"],
+        settings["boundary"],
+        gamma=1.0 if settings["gamma"] is None else settings["gamma"],
+        coupling=settings["J"],
+        sign_rule=settings["sign_rule"],
+    )
+
+
+def stage_config(cls: type, params: dict, settings: dict, overrides: list[tuple[str, Any]]) -> Any:
+    """``cls`` (a stage config) from params' section, the run's own section and ``--set`` overrides;
+    a bad value is a :class:`UsageError` naming the section and the key."""
+    section = cls.section
+    merged = {**(params.get(section) or {}), **(settings.get(section) or {}), **dict(overrides)}
+    try:
+        return cls.from_mapping(merged)
+    except ValueError as err:
+        raise UsageError(f"{section} settings: {err}") from err
+
+
+def open_run(stage: str, settings: dict, params: dict, run: str | None, used: dict, **tags: Any) -> Run:
+    """The stage's MLflow run: ``used`` as its params (with the system), tags naming the system and run."""
+    system = {key: settings.get(key) for key in SYSTEM_KEYS}
+    labels = {"system": settings["system"], "size": settings["size"], "boundary": settings["boundary"], "run": run}
+    return Run(stage, {"system": system, **used}, {**labels, **tags}, experiment=params.get("experiment"))

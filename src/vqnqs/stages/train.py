@@ -1,0 +1,141 @@
+"""The ``train`` stage: VMC of the transformer (:func:`vqnqs.vmc.step.vmc_step`) from scratch to ``steps``.
+
+Out dir (all written atomically; :mod:`vqnqs.stages.driver`)::
+
+    checkpoint.pt   every ``checkpoint_every`` steps and at the end: resume continues the exact trajectory
+    history.csv     per-step metrics up to the last checkpoint (:data:`HISTORY_COLUMNS`)
+    model.pt        the trained model for later stages (:func:`vqnqs.vmc.checkpoint.load_model`)
+    metrics.json    final evaluation on ``eval_samples`` fresh samples (:data:`METRICS_KEYS` and more)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from vqnqs.models import AutoregressiveTransformer
+from vqnqs.physics.hamiltonian import Hamiltonian
+from vqnqs.stages.config import DTYPES, TrainConfig
+from vqnqs.stages.driver import Stage, mean_of
+from vqnqs.stages.inputs import system_info
+from vqnqs.vmc.checkpoint import model_config_to_dict
+from vqnqs.vmc.enumeration import exact_metrics
+from vqnqs.vmc.evaluation import energy_metrics, sampled_energy
+from vqnqs.vmc.optim import make_optimizer
+from vqnqs.vmc.step import vmc_step
+
+HISTORY_COLUMNS = (
+    "step",  # completed updates
+    "energy_per_site",  # E / N of this step's samples (before the update)
+    "energy_error",  # standard error of E / N
+    "variance",  # var E_loc (whole system)
+    "rel_error",  # |E / N - reference| / |reference|
+    "grad_norm",  # |dE/dθ| (eq. 3)
+    "lr",  # learning rate of this update
+    "diag_shift",  # SR diagonal shift of this update (empty for Adam)
+    "distinct_samples",  # distinct configurations among the n_samples (each is evaluated once)
+    "samples_per_s",  # n_samples / wall time of the whole step
+    "eloc_configs_per_s",  # connected configurations through the network per second of local energy
+    "time_s",  # wall time since the start of training (summed over resumed invocations)
+)
+METRICS_KEYS = (
+    "energy_per_site",
+    "energy_error",
+    "variance",
+    "rel_error",
+    "reference_per_site",
+    "n_params",
+    "steps",
+    "wall_time_s",
+)
+
+
+class Trainer(Stage):
+    """Model, optimiser and sampler of one training run, restorable from a checkpoint in ``out_dir``."""
+
+    name = "train"
+    history_columns = HISTORY_COLUMNS
+    final_keys = tuple(key for key in METRICS_KEYS if key != "steps")
+
+    def __init__(self, hamiltonian: Hamiltonian, config: TrainConfig, out_dir: str | Path, reference: float) -> None:
+        super().__init__(hamiltonian, config, out_dir, reference)
+        self.model_config = config.transformer_config(hamiltonian)
+        torch.manual_seed(config.seed)  # parameter initialisation
+        self.model = AutoregressiveTransformer(self.model_config).to(self.device, DTYPES[config.dtype])
+        self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr)
+        self.generator = torch.Generator(self.device).manual_seed(config.seed)  # the sampler's stream
+        self.generators = {"sampler": self.generator}
+
+    def state_dict(self) -> dict:
+        return {
+            "model_config": model_config_to_dict(self.model_config),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def update(self) -> dict:
+        """Sample, estimate the energy, update the parameters once; returns the history row of this step."""
+        config, step = self.config, self.step + 1
+        lr, shift = config.lr_at(step), config.diag_shift_at(step)
+        start = time.perf_counter()
+        result = vmc_step(
+            self.model,
+            self.hamiltonian,
+            self.optimizer,
+            self.generator,
+            n_samples=config.n_samples,
+            lr=lr,
+            diag_shift=shift,
+            sr_momentum=config.sr_momentum,
+            chunk_size=config.chunk_size,
+            engine=config.engine,
+            step=step,
+        )
+        self.step = step
+        elapsed = time.perf_counter() - start
+        return {
+            "step": step,
+            **energy_metrics(result.stats, self.hamiltonian.n_sites, self.reference),
+            "grad_norm": result.grad_norm,
+            "lr": lr,
+            "diag_shift": shift if config.optimizer == "sr" else None,
+            "distinct_samples": result.distinct_samples,
+            "samples_per_s": config.n_samples / elapsed,
+            "eloc_configs_per_s": result.eloc_configs_per_s,
+            "time_s": self.wall_time_s + elapsed,
+        }
+
+    def evaluate(self) -> dict:
+        """Energy on ``eval_samples`` fresh samples (continuing the sampler's stream); exact where small."""
+        config = self.config
+        energy = sampled_energy(
+            self.hamiltonian, self.model, self.generator, config.eval_samples, config.chunk_size, config.engine
+        )
+        return {
+            **energy_metrics(energy.stats, self.hamiltonian.n_sites, self.reference),
+            "reference_per_site": self.reference,
+            "energy": energy.stats.mean,
+            "eval_samples": config.eval_samples,
+            "eval_eloc_configs_per_s": energy.eloc_configs_per_s,
+            **exact_metrics(self.hamiltonian, self.model, self.reference),  # small lattices: no sampling error
+        }
+
+    def summary(self, metrics: dict) -> dict:
+        return {
+            "eloc_configs_per_s": mean_of(self.history, "eloc_configs_per_s"),
+            "samples_per_s": mean_of(self.history, "samples_per_s"),
+            "optimizer": self.config.optimizer,
+        }
+
+    def output_model(self, metrics: dict) -> tuple[AutoregressiveTransformer, dict]:
+        info = {**system_info(self.hamiltonian), "steps": self.step, "energy_per_site": metrics["energy_per_site"]}
+        return self.model, info
+
+    def postfix(self, row: dict) -> str:
+        return f"E/N={row['energy_per_site']:.6f} rel={row['rel_error']:.1e}"

@@ -1,0 +1,150 @@
+"""One parameter update: the VMC step (energy, SR or Adam) and the distillation fit step (L2 to a teacher).
+
+VMC step (``step`` counts completed updates, 1-based)::
+
+    s      = model.sample(n_samples)                           (Ns, N)  exact, independent samples of |psi|^2
+    s_u, w = distinct rows of s, their frequencies             (U, N), (U,)
+    E_loc  = local_energy(H, log_psi(engine), s_u)              (U,)     float64
+    SR:    O = d log psi(s_u) / dθ  (U, Np);  δ = minSR / full-S solve (SPRING momentum);  θ <- θ - η δ
+    Adam:  dE/dθ from the surrogate loss of eq. 3;             θ <- Adam(θ, dE/dθ, η)
+    VQ:    codebook upkeep on s with the updated parameters (data init, dead-code re-seeding, usage)
+
+A VQ model is differentiated in training mode: the straight-through estimator of eq. 8 (its forward is pure;
+the codebook changes only through the explicit upkeep, the same under SR and under Adam).
+
+Fit step (distillation)::
+
+    s      = teacher.sample(n_samples)                         (Ns, N)  fresh exact teacher samples
+    VQ:    codebook upkeep on s (data init on the first step, dead-code re-seeding, usage)
+    loss   = mean_s |log psi_student(s) - log psi_teacher(s)|^2,   θ <- Adam(θ, d loss / dθ, η)
+
+Both raise :class:`TrainingError` naming the step on NaN/Inf, before the parameters change.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from vqnqs.models import AutoregressiveTransformer, codebook_upkeep
+from vqnqs.physics.hamiltonian import Hamiltonian
+from vqnqs.vmc.gradient import EnergyStats, energy_loss, energy_statistics, log_derivatives
+from vqnqs.vmc.local_energy import local_energy
+from vqnqs.vmc.log_psi import make_log_psi
+from vqnqs.vmc.optim import SR, set_gradients, sr_direction
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite energies, losses or gradients); the last checkpoint is left as it was."""
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group: ``lr`` times the group's ``lr_scale`` (default 1)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def flat_grad_norm(params: list[torch.nn.Parameter]) -> float:
+    """``|(p.grad for p in params)|``, the parameters without a gradient left out (0 when none has one)."""
+    grads = [p.grad.reshape(-1) for p in params if p.grad is not None]
+    return torch.cat(grads).norm().item() if grads else 0.0
+
+
+@dataclass(frozen=True)
+class VMCStepResult:
+    """What one VMC update measured (on the batch drawn before the update)."""
+
+    stats: EnergyStats  # E_loc statistics of the whole system
+    grad_norm: float  # |dE/dθ| (eq. 3)
+    distinct_samples: int  # distinct configurations among the samples (each evaluated once)
+    eloc_configs_per_s: float  # connected configurations through the network per second of local energy
+
+
+def vmc_step(
+    model: AutoregressiveTransformer,
+    hamiltonian: Hamiltonian,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    *,
+    n_samples: int,
+    lr: float,
+    diag_shift: float,
+    sr_momentum: float,
+    chunk_size: int,
+    engine: str,
+    step: int,
+) -> VMCStepResult:
+    """One VMC update of ``model`` (module docstring): SR (minSR, SPRING) when ``optimizer`` is an
+    :class:`~vqnqs.vmc.optim.SR`, else the eq. 3 gradient for it (Adam)."""
+    set_lr(optimizer, lr)
+    samples = model.sample(n_samples, generator=generator)  # (Ns, N)
+    # Exact samples repeat, the more so the closer psi gets to the ground state: evaluate each distinct
+    # configuration once, weighted by its frequency. Every estimate below is that of the full batch.
+    distinct, counts = torch.unique(samples, dim=0, return_counts=True)  # (U, N), (U,)
+    weights = counts.to(torch.float64) / n_samples
+    log_psi = make_log_psi(model, engine)
+    eloc_start = time.perf_counter()
+    e_loc = local_energy(hamiltonian, log_psi, distinct, chunk_size=chunk_size)  # (U,)
+    eloc_time = time.perf_counter() - eloc_start
+    if not torch.isfinite(e_loc).all():
+        bad = int((~torch.isfinite(e_loc)).sum())
+        raise TrainingError(f"step {step}: {bad} of {len(e_loc)} local energies are NaN or infinite")
+    stats = energy_statistics(e_loc, weights, n_samples)
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    optimizer.zero_grad(set_to_none=True)
+    if isinstance(optimizer, SR):
+        o = log_derivatives(model, distinct, chunk_size)  # (U, Np), columns in model.parameters() order
+        previous = optimizer.previous_direction()
+        direction, gradient = sr_direction(o, e_loc, diag_shift, weights, previous, sr_momentum)
+        set_gradients(params, direction)
+    else:
+        loss = energy_loss(model.log_psi(distinct), e_loc, weights)  # eq. 3 through autograd
+        loss.backward()
+        gradient = torch.cat([p.grad.reshape(-1) for p in params])
+    grad_norm = gradient.norm().item()
+    if not math.isfinite(grad_norm) or not all(torch.isfinite(p.grad).all() for p in params):
+        raise TrainingError(f"step {step}: the gradient or update direction is NaN or infinite")
+    optimizer.step()
+    codebook_upkeep(model, samples)
+    return VMCStepResult(stats, grad_norm, len(distinct), log_psi.count / eloc_time)
+
+
+@dataclass(frozen=True)
+class FitStepResult:
+    """What one fit update measured (on its teacher samples, before the update)."""
+
+    loss: float  # mean |log psi_student - log psi_teacher|^2
+    mean_abs_dlog_psi: float  # mean |log psi_student - log psi_teacher|
+    grad_norm: float  # |d loss / dθ|
+
+
+def fit_step(
+    student: AutoregressiveTransformer,
+    teacher: AutoregressiveTransformer,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    *,
+    n_samples: int,
+    lr: float,
+    step: int,
+) -> FitStepResult:
+    """One Adam update of ``student`` towards ``teacher``'s log-amplitudes on fresh teacher samples."""
+    set_lr(optimizer, lr)
+    with torch.no_grad():
+        samples = teacher.sample(n_samples, generator=generator)  # (Ns, N)
+        target = teacher.log_psi(samples)  # (Ns,)
+    student.train()
+    codebook_upkeep(student, samples)
+    delta = student.log_psi(samples) - target  # (Ns,)
+    loss = (delta**2).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = flat_grad_norm(list(student.parameters()))
+    if not math.isfinite(loss.item()) or not math.isfinite(grad_norm):
+        raise TrainingError(f"step {step}: the loss or its gradient is NaN or infinite")
+    optimizer.step()
+    return FitStepResult(loss.item(), delta.detach().abs().mean().item(), grad_norm)
