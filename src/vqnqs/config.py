@@ -9,6 +9,7 @@ whose message names the offending key. YAML is read by :func:`load_yaml` everywh
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -24,6 +25,11 @@ DEFAULT_PARAMS_PATH = Path("params.yaml")
 
 class ParamsError(ValueError):
     """A params file that is missing, unreadable or violates the schema."""
+
+
+@functools.cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(params_schema())
 
 
 def params_schema() -> dict:
@@ -80,8 +86,7 @@ def validate_params(params: Any, source: str = "params") -> dict:
     """Validate against the schema and the stage configs; raise :class:`ParamsError` naming the first bad key."""
     if not isinstance(params, dict):
         raise ParamsError(f"{source}: expected a mapping at the top level")
-    validator = jsonschema.Draft202012Validator(params_schema())
-    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+    errors = sorted(_validator().iter_errors(params), key=lambda e: list(e.absolute_path))
     if errors:
         error = errors[0]
         raise ParamsError(f"{source}: {_key_path(error.absolute_path)}: {error.message}")

@@ -20,6 +20,7 @@ Checks that involve several fields (``warmup_steps < steps``) stay in the config
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import types
@@ -52,6 +53,7 @@ def knob(default: Any, **constraints: Any) -> Any:
     return dataclasses.field(default=default, metadata={"knob": Knob(**constraints)})
 
 
+@functools.cache
 def knob_of(cls: type, name: str) -> Knob:
     """The constraints of field ``name``: from the nearest class in ``cls``'s hierarchy that declares them."""
     for klass in cls.__mro__:
@@ -61,6 +63,7 @@ def knob_of(cls: type, name: str) -> Knob:
     return Knob()
 
 
+@functools.cache
 def field_type(cls: type, name: str) -> tuple[type, bool]:
     """``(type, optional)`` of field ``name`` from its annotation (``int | None`` -> ``(int, True)``)."""
     hint = typing.get_type_hints(cls)[name]

@@ -4,7 +4,7 @@ rule distill:
         teacher="data/train/{run}/model.pt",
         teacher_metrics="data/train/{run}/metrics.json",
         reference="data/reference/{run}.json",
-        code=sources("physics", "models", "vmc", "dedup"),
+        code=sources("physics", "models", "vmc", "dedup", "stages"),
     output:
         model="data/distill/{run}/bits{bits}/model.pt",
         metrics="data/distill/{run}/bits{bits}/metrics.json",

@@ -6,7 +6,7 @@ rule profile:
         baseline="data/train/{run}/model.pt",
         baseline_metrics="data/train/{run}/metrics.json",
         reference="data/reference/{run}.json",
-        code=sources("physics", "models", "dedup", "vmc", "profiling"),
+        code=sources("physics", "models", "dedup", "vmc", "profiling", "stages"),
     output:
         table="data/profile/{run}/bits{bits}.csv",
         components="data/profile/{run}/bits{bits}_components.csv",

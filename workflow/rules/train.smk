@@ -3,7 +3,7 @@ rule train:
     output, so an interrupted job keeps it)."""
     input:
         reference="data/reference/{run}.json",
-        code=sources("physics", "models", "dedup", "vmc"),
+        code=sources("physics", "models", "dedup", "vmc", "stages"),
     output:
         model="data/train/{run}/model.pt",
         metrics="data/train/{run}/metrics.json",

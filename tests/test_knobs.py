@@ -1,0 +1,85 @@
+"""One declaration per knob: the committed schema is the generated one, and a value gets the same verdict
+in a params file (schema + section configs) as on the command line (``--set``, the config dataclass)."""
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vqnqs.config import ParamsError, load_yaml, validate_params
+from vqnqs.knobs import field_type, knob_of
+from vqnqs.schema import SCHEMA_FILE, schema_text
+from vqnqs.stages.config import STAGE_CONFIGS, DistillConfig, TrainConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_committed_schema_is_the_generated_one():
+    assert (REPO_ROOT / SCHEMA_FILE).read_text() == schema_text(), "regenerate it: python -m vqnqs.schema"
+    assert (REPO_ROOT / "workflow/schemas/params.schema.json").read_text() == schema_text()
+
+
+def candidates(cls: type, name: str) -> list[str]:
+    """YAML texts around every constraint of a field: its bounds, its type, null, other types, its choices."""
+    spec, (kind, optional) = knob_of(cls, name), field_type(cls, name)
+    texts = ["null", "true", "false", "'text'", "[1, 2]", "{a: 1}", ".nan", ".inf", "0", "1", "-1", "2", "2.5"]
+    texts += ["1e-3", "'1e-3'", "1.0", "0.0", "-0.5", "0.9", "1e3", "'5'"]
+    for bound in (spec.minimum, spec.exclusive_minimum, spec.maximum, spec.exclusive_maximum):
+        if bound is not None:
+            for value in (bound - 1, bound - 0.5, bound, bound + 0.5, bound + 1):
+                texts += [repr(float(value)), str(int(value))]
+    for choice in spec.choices or ():
+        texts += [yaml.safe_dump(choice).strip().removesuffix("..."), f"'{choice}x'"]
+    if spec.schema is not None:
+        texts += ["auto", "cpu", "cuda", "both", "[cpu]", "[cpu, cuda]", "[tpu]", "[]"]
+    return list(dict.fromkeys(texts))
+
+
+def verdict(check) -> bool:
+    try:
+        check()
+    except (ValueError, ParamsError):
+        return False
+    return True
+
+
+@pytest.mark.parametrize("cls", STAGE_CONFIGS, ids=lambda c: c.__name__)
+def test_every_knob_gets_the_same_verdict_in_params_and_on_the_command_line(cls):
+    params = load_yaml((REPO_ROOT / "params.yaml").read_text())
+    # Settings that let each knob be judged on its own (not by a check involving another field).
+    context = {TrainConfig: {"steps": 100}, DistillConfig: {"steps": 100, "warmup_steps": 0}}.get(cls, {})
+    checked = 0
+    for field in dataclasses.fields(cls):
+        for text in candidates(cls, field.name):
+            value = load_yaml(text)  # as a params file and --set read it
+            mapping = {**context, field.name: value}
+            if field.name in context:
+                mapping = {field.name: value}
+            document = copy.deepcopy(params)
+            document[cls.section] = mapping
+            in_params = verdict(lambda document=document: validate_params(document))
+            on_cli = verdict(lambda mapping=mapping: cls.from_mapping(mapping))
+            assert in_params == on_cli, f"{cls.section}.{field.name}: {text!r} params {in_params}, --set {on_cli}"
+            checked += 1
+    assert checked > 20 * len(dataclasses.fields(cls))
+
+
+def test_lr_final_zero_is_one_verdict():
+    params = load_yaml((REPO_ROOT / "params.yaml").read_text())
+    params["train"] = {"lr_final": 0}
+    validate_params(params)
+    assert TrainConfig.from_mapping({"lr_final": 0}).lr_final == 0.0
+    params["train"] = {"lr_final": 0, "schedule": "exponential"}
+    with pytest.raises(ParamsError, match="lr_final"):
+        validate_params(params)
+    with pytest.raises(ValueError, match="lr_final"):
+        TrainConfig.from_mapping({"lr_final": 0, "schedule": "exponential"})
+
+
+def test_yaml_exponents_are_numbers_everywhere():
+    assert load_yaml("lr: 1e-3") == {"lr": 1e-3}
+    params = load_yaml((REPO_ROOT / "params.yaml").read_text())
+    params["train"] = load_yaml("{lr: 1e-3, diag_shift: 5E-4}")
+    assert validate_params(params)["train"] == {"lr": 1e-3, "diag_shift": 5e-4}
