@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,10 +19,20 @@ import yaml
 
 from vqnqs.config import DEFAULT_PARAMS_PATH, ParamsError, load_params, load_yaml
 from vqnqs.io import OutputError, ensure_writable_dir, write_json
+from vqnqs.knobs import knob_defaults
 from vqnqs.physics.hamiltonian import SYSTEMS
 from vqnqs.physics.lattice import BOUNDARIES, parse_size
 from vqnqs.physics.reference import DEFAULT_LITERATURE_KEY, DEFAULT_LITERATURE_PATH, METHODS, compute_reference
-from vqnqs.stages.settings import UsageError, hamiltonian_from, open_run, resolve_system, stage_config
+from vqnqs.stages.config import DistillConfig, ProfileConfig, TrainConfig
+from vqnqs.stages.settings import (
+    UsageError,
+    hamiltonian_from,
+    open_run,
+    refused_as,
+    resolve_system,
+    stage_config,
+    stage_setup,
+)
 from vqnqs.tracking import TrackingError
 from vqnqs.vmc.step import TrainingError
 
@@ -61,8 +72,100 @@ def output_file(text: str) -> Path:
     return path
 
 
-def add_set_argument(parser: argparse.ArgumentParser, what: str, example: str, config_class: str) -> None:
-    """``--set KEY=VALUE`` (repeatable): override one field of the stage's config dataclass."""
+STAGE_TEXTS = {  # sub-command: (one-line help, description, example)
+    "reference": (
+        "exact or literature ground-state energy of one system and size",
+        (
+            "Ground-state energy reference. Open TFIM chains: free fermions (any N, Gamma, J). "
+            "Heisenberg: sparse Lanczos in the ground state's Sz sector when it fits in memory "
+            "(up to ~26 spins), else a row of the literature table. Writes a JSON record."
+        ),
+        "vqnqs reference --system heisenberg --size 4x4 --out data/reference/heisenberg_4x4.json",
+    ),
+    "report": (
+        "Table 1, figures and results/report.md from all stage outputs",
+        (
+            "Collects the reference, train, distill and profile outputs of every run and bandwidth in the "
+            "params file and writes report.md, table1.csv, the TFIM scaling fits and seaborn figures (PNG, "
+            "each with the CSV it was drawn from) into --out-dir."
+        ),
+        "vqnqs report --params params.yaml --data-dir data --out-dir results",
+    ),
+    "train": (
+        "VMC training of the transformer wave function",
+        (
+            "Variational Monte Carlo of the autoregressive transformer (SR/minSR or Adam). Resumes from a "
+            "checkpoint in --out-dir; writes checkpoint.pt, history.csv, model.pt and metrics.json there, and one "
+            "MLflow run."
+        ),
+        (
+            "vqnqs train --run heisenberg_4x4 --reference data/reference/heisenberg_4x4.json "
+            "--out-dir data/train/heisenberg_4x4 --set steps=300"
+        ),
+    ),
+    "distill": (
+        "distil a trained transformer (teacher) into a VQ-NQS student of a given bandwidth",
+        (
+            "Fit a vector-quantised student (bits = heads x log2(codes) per location) to the teacher's "
+            "log-amplitudes on fresh exact teacher samples (L2 loss, Adam), optionally fine-tune it by VMC on its "
+            "own energy (finetune_steps > 0: SR, straight-through codes), then evaluate its energy on its own "
+            "samples through the dedup engine (checked against the dense local energy). Resumes from a "
+            "checkpoint in --out-dir; writes checkpoint.pt, history.csv, model.pt and metrics.json there, and one "
+            "MLflow run."
+        ),
+        (
+            "vqnqs distill --run heisenberg_4x4 --teacher data/train/heisenberg_4x4 --bits 6 "
+            "--out-dir data/distill/heisenberg_4x4/6 --set finetune_steps=300"
+        ),
+    ),
+    "profile": (
+        "local-energy FLOPs and wall-clock of the baseline and a VQ-NQS student, dense vs dedup",
+        (
+            "Profile the local energy of the baseline (--baseline: a train stage out dir) and of a VQ-NQS student "
+            "(--model-dir: a distill stage out dir) on batches of exact samples: FLOPs by component on the dense "
+            "path and through the dedup engine (total and quantised-ops savings, as in the paper's Table 1) and "
+            "wall-clock of both paths. Energies come from the dirs' metrics.json. System: --run or "
+            "--system/--size, else the baseline model's own record. Writes OUT and OUT_components.csv, and one "
+            "MLflow run."
+        ),
+        (
+            "vqnqs profile --run heisenberg_4x4 --model-dir data/distill/heisenberg_4x4/bits6 "
+            "--baseline data/train/heisenberg_4x4 --out data/profile/heisenberg_4x4/bits6.csv --set n_batches=2"
+        ),
+    ),
+}
+
+
+def subcommand(
+    subparsers: argparse._SubParsersAction, name: str, handler: Callable, more: str = "", epilog: str = ""
+) -> argparse.ArgumentParser:
+    """The sub-command ``name`` with its :data:`STAGE_TEXTS` (``more`` appended to the description)."""
+    help, description, example = STAGE_TEXTS[name]
+    parser = subparsers.add_parser(
+        name,
+        help=help,
+        description=textwrap.fill(description + more, width=100),
+        epilog=f"example: {example}{epilog}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def stage_parser(subparsers: argparse._SubParsersAction, config: type, handler: Callable) -> argparse.ArgumentParser:
+    """A stage's sub-command: the system (flags or ``--run``) and ``--set`` for the knobs of ``config``, whose
+    names and defaults the help lists (from the dataclass: :func:`vqnqs.knobs.knob_defaults`)."""
+    section = config.section
+    name = "profile" if section == "profiling" else section
+    settings = (
+        f" Settings: the defaults of {config.__name__} (below), then the params file's '{section}' mapping, then "
+        f"the '{section}' mapping of the --run entry, then --set."
+    )
+    defaults = textwrap.fill(knob_defaults(config), width=100, initial_indent="  ", subsequent_indent="  ")
+    knobs = f"\n\n{config.__name__} knobs (--set KEY=VALUE) and their defaults:\n{defaults}"
+    parser = subcommand(subparsers, name, handler, settings, knobs)
+    add_run_arguments(parser)
+    add_system_arguments(parser)
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -70,8 +173,15 @@ def add_set_argument(parser: argparse.ArgumentParser, what: str, example: str, c
         type=set_argument,
         action="append",
         default=[],
-        help=f"override one {what} setting, e.g. --set {example} (repeatable; keys: {config_class} fields)",
+        help=f"override one {section} setting, read as YAML, e.g. --set {STAGE_TEXTS[name][2].split('--set ')[-1]}",
     )
+    return parser
+
+
+def add_out_dir(parser: argparse.ArgumentParser) -> None:
+    """``--out-dir`` of a step-wise stage, and ``--fresh`` to ignore the checkpoint there."""
+    parser.add_argument("--out-dir", required=True, type=Path, help="output directory (checkpoint, metrics, model)")
+    parser.add_argument("--fresh", action="store_true", help="start from step 0 even if --out-dir holds a checkpoint")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,20 +205,21 @@ def add_system_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def energy_line(what: str, metrics: dict, out_dir: Path, extra: str = "") -> str:
+    """The one line a step-wise stage prints at the end."""
+    rel = metrics["rel_error"]
+    return (
+        f"{what}: E/N = {metrics['energy_per_site']:.8f} +- {metrics['energy_error']:.1e}, rel. error "
+        f"{'n/a' if rel is None else f'{rel:.2e}'}{f' ({extra})' if extra else ''} after {metrics['steps']} steps "
+        f"({metrics['wall_time_s']:.0f} s) -> {out_dir}"
+    )
+
+
 # --- stages -------------------------------------------------------------------------------------
 
 
 def add_reference(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "reference",
-        help="exact or literature ground-state energy of one system and size",
-        description=(
-            "Ground-state energy reference. Open TFIM chains: free fermions (any N, Gamma, J). "
-            "Heisenberg: sparse Lanczos in the ground state's Sz sector when it fits in memory "
-            "(up to ~26 spins), else a row of the literature table. Writes a JSON record."
-        ),
-        epilog="example: vqnqs reference --system heisenberg --size 4x4 --out data/reference/heisenberg_4x4.json",
-    )
+    parser = subcommand(subparsers, "reference", run_reference)
     add_run_arguments(parser)
     add_system_arguments(parser)
     parser.add_argument("--method", choices=METHODS, default="auto", help="route to the energy (default: auto)")
@@ -127,7 +238,6 @@ def add_reference(subparsers: argparse._SubParsersAction) -> None:
         help=f"literature table (default: {DEFAULT_LITERATURE_PATH})",
     )
     parser.add_argument("--out", required=True, type=output_file, help="output JSON file")
-    parser.set_defaults(handler=run_reference)
 
 
 def run_reference(args: argparse.Namespace) -> None:
@@ -155,73 +265,28 @@ def set_argument(text: str) -> tuple[str, object]:
 
 
 def add_train(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "train",
-        help="VMC training of the transformer wave function",
-        description=(
-            "Variational Monte Carlo of the autoregressive transformer (SR/minSR or Adam). Settings: the "
-            "defaults of TrainConfig, then the params file's 'train' mapping, then the 'train' mapping of the "
-            "--run entry, then --set. Resumes from a checkpoint in --out-dir; writes checkpoint.pt, "
-            "history.csv, metrics.json and model.pt there, and one MLflow run."
-        ),
-        epilog=(
-            "example: vqnqs train --run heisenberg_4x4 --reference data/reference/heisenberg_4x4.json "
-            "--out-dir data/train/heisenberg_4x4 --set steps=300"
-        ),
-    )
-    add_run_arguments(parser)
-    add_system_arguments(parser)
+    parser = stage_parser(subparsers, TrainConfig, run_train)
     parser.add_argument("--reference", required=True, type=Path, help="reference JSON of the same system")
-    parser.add_argument("--out-dir", required=True, type=Path, help="output directory (checkpoints, metrics, model)")
-    add_set_argument(parser, "training", "steps=300", "TrainConfig")
-    parser.add_argument("--fresh", action="store_true", help="start from step 0 even if --out-dir holds a checkpoint")
-    parser.set_defaults(handler=run_train)
+    add_out_dir(parser)
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from vqnqs.stages.config import TrainConfig
     from vqnqs.stages.inputs import load_reference
     from vqnqs.stages.train import Trainer
 
-    settings, params = resolve_system(args)
-    hamiltonian = hamiltonian_from(settings)
-    config = stage_config(TrainConfig, params, settings, args.overrides)
-    try:
+    settings, params, hamiltonian, config = stage_setup(args, TrainConfig)
+    with refused_as("train settings"):
         config.transformer_config(hamiltonian)  # the patch must tile the lattice
-    except ValueError as err:
-        raise UsageError(f"train settings: {err}") from err
     reference = load_reference(args.reference, hamiltonian)
     ensure_writable_dir(args.out_dir)
     used = {"train": config.to_dict(), "reference": str(args.reference)}
     with open_run("train", settings, params, args.run, used) as run:
         metrics = Trainer(hamiltonian, config, args.out_dir, reference).run(run, resume=not args.fresh)
-    print(
-        f"{settings['system']} {settings['size']}: E/N = {metrics['energy_per_site']:.8f} "
-        f"+- {metrics['energy_error']:.1e}, rel. error {metrics['rel_error']:.2e} after {metrics['steps']} steps "
-        f"({metrics['wall_time_s']:.0f} s) -> {args.out_dir}"
-    )
+    print(energy_line(f"{settings['system']} {settings['size']}", metrics, args.out_dir))
 
 
 def add_distill(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "distill",
-        help="distil a trained transformer (teacher) into a VQ-NQS student of a given bandwidth",
-        description=(
-            "Fit a vector-quantised student (bits = heads x log2(codes) per location) to the teacher's "
-            "log-amplitudes on fresh exact teacher samples (L2 loss, Adam), optionally fine-tune it by VMC on its "
-            "own energy (finetune_steps > 0: SR, straight-through codes), then evaluate its energy on its own "
-            "samples through the dedup engine (checked against the dense local energy). Settings: the defaults "
-            "of DistillConfig, then the params file's 'distill' mapping, then the 'distill' mapping of the --run "
-            "entry, then --set. Resumes from a checkpoint in --out-dir; writes checkpoint.pt, history.csv, "
-            "metrics.json and model.pt there, and one MLflow run."
-        ),
-        epilog=(
-            "example: vqnqs distill --run heisenberg_4x4 --teacher data/train/heisenberg_4x4 --bits 6 "
-            "--out-dir data/distill/heisenberg_4x4/6 --set steps=500 --set finetune_steps=300"
-        ),
-    )
-    add_run_arguments(parser)
-    add_system_arguments(parser)
+    parser = stage_parser(subparsers, DistillConfig, run_distill)
     parser.add_argument("--teacher", required=True, type=Path, help="train stage out dir (model.pt, metrics.json)")
     parser.add_argument("--bits", required=True, type=int, help="bandwidth per location: heads x log2(codes), e.g. 6")
     parser.add_argument(
@@ -230,33 +295,22 @@ def add_distill(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="reference JSON of the same system (default: reference_per_site of the teacher's metrics.json)",
     )
-    parser.add_argument("--out-dir", required=True, type=Path, help="output directory (checkpoint, metrics, model)")
-    add_set_argument(parser, "distillation", "steps=300", "DistillConfig")
-    parser.add_argument("--fresh", action="store_true", help="start from step 0 even if --out-dir holds a checkpoint")
-    parser.set_defaults(handler=run_distill)
+    add_out_dir(parser)
 
 
 def run_distill(args: argparse.Namespace) -> None:
-    from vqnqs.stages.config import DistillConfig, check_bits
+    from vqnqs.stages.config import check_bits
     from vqnqs.stages.distill import Distiller
     from vqnqs.stages.inputs import finite_number, load_reference, load_teacher
 
-    settings, params = resolve_system(args)
-    hamiltonian = hamiltonian_from(settings)
-    config = stage_config(DistillConfig, params, settings, args.overrides)
-    try:
+    settings, params, hamiltonian, config = stage_setup(args, DistillConfig)
+    with refused_as("argument --bits"):
         config.vq_config(args.bits)
-    except ValueError as err:
-        raise UsageError(f"argument --bits: {err}") from err
     teacher = load_teacher(args.teacher, hamiltonian)  # CheckpointError naming the file
-    try:
+    with refused_as("distill settings"):
         student = config.student_config(teacher.model.config)
-    except ValueError as err:
-        raise UsageError(f"distill settings: {err}") from err
-    try:
+    with refused_as("argument --bits"):
         check_bits(args.bits, config.codes, student.d_model)
-    except ValueError as err:
-        raise UsageError(f"argument --bits: {err}") from err
     if args.reference is not None:
         reference = load_reference(args.reference, hamiltonian)
     elif (reference := finite_number(teacher.metrics, "reference_per_site")) is None:
@@ -275,45 +329,21 @@ def run_distill(args: argparse.Namespace) -> None:
         distiller = Distiller(hamiltonian, teacher, config, args.bits, args.out_dir, reference)
         metrics = distiller.run(run, resume=not args.fresh)
     teacher_rel = metrics["teacher_rel_error"]
-    print(
-        f"{settings['system']} {settings['size']} {args.bits} bits: E/N = {metrics['energy_per_site']:.8f} "
-        f"+- {metrics['energy_error']:.1e}, rel. error {metrics['rel_error']:.2e} "
-        f"(teacher {'n/a' if teacher_rel is None else f'{teacher_rel:.2e}'}), fidelity {metrics['fidelity']:.6f} "
-        f"after {metrics['steps']} steps ({metrics['wall_time_s']:.0f} s) -> {args.out_dir}"
-    )
+    extra = f"teacher {'n/a' if teacher_rel is None else f'{teacher_rel:.2e}'}, fidelity {metrics['fidelity']:.6f}"
+    print(energy_line(f"{settings['system']} {settings['size']} {args.bits} bits", metrics, args.out_dir, extra))
 
 
 def add_profile(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "profile",
-        help="local-energy FLOPs and wall-clock of the baseline and a VQ-NQS student, dense vs dedup",
-        description=(
-            "Profile the local energy of the baseline (--baseline: a train stage out dir) and of a VQ-NQS student "
-            "(--model-dir: a distill stage out dir) on batches of exact samples: FLOPs by component on the dense "
-            "path and through the dedup engine (total and quantised-ops savings, as in the paper's Table 1) and "
-            "wall-clock of both paths. Energies come from the dirs' metrics.json. System: --run or --system/--size, "
-            "else the baseline model's own record. Settings: the defaults of ProfileConfig, then the params file's "
-            "'profile' mapping (with --run), then --set. Writes OUT and OUT_components.csv, and one MLflow run."
-        ),
-        epilog=(
-            "example: vqnqs profile --run heisenberg_4x4 --model-dir data/distill/heisenberg_4x4/bits6 "
-            "--baseline data/train/heisenberg_4x4 --out data/profile/heisenberg_4x4/bits6.csv --set n_batches=2"
-        ),
-    )
-    add_run_arguments(parser)
-    add_system_arguments(parser)
+    parser = stage_parser(subparsers, ProfileConfig, run_profile)
     parser.add_argument("--model-dir", required=True, type=Path, help="distill stage out dir (model.pt, metrics.json)")
     parser.add_argument("--baseline", required=True, type=Path, help="train stage out dir (model.pt, metrics.json)")
     parser.add_argument("--reference", type=Path, default=None, help="reference JSON (fills reference_per_site)")
     parser.add_argument("--out", required=True, type=output_file, help="profile CSV (components CSV beside it)")
-    add_set_argument(parser, "profile", "n_batches=2", "ProfileConfig")
-    parser.set_defaults(handler=run_profile)
 
 
 def run_profile(args: argparse.Namespace) -> None:
     from vqnqs.profiling.flops import model_bits
     from vqnqs.profiling.table import bits_value
-    from vqnqs.stages.config import ProfileConfig
     from vqnqs.stages.inputs import check_model_dir, load_reference, load_trained, system_from_info
     from vqnqs.stages.profile import run_profile_stage, summary_line
 
@@ -346,20 +376,10 @@ def run_profile(args: argparse.Namespace) -> None:
 
 
 def add_report(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "report",
-        help="Table 1, figures and results/report.md from all stage outputs",
-        description=(
-            "Collects the reference, train, distill and profile outputs of every run and bandwidth in the "
-            "params file and writes report.md, table1.csv, the TFIM scaling fits and seaborn figures (PNG, "
-            "each with the CSV it was drawn from) into --out-dir."
-        ),
-        epilog="example: vqnqs report --params params.yaml --data-dir data --out-dir results",
-    )
+    parser = subcommand(subparsers, "report", run_report)
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS_PATH, help="params file (default: params.yaml)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="stage outputs (default: data)")
     parser.add_argument("--out-dir", type=Path, default=Path("results"), help="report directory (default: results)")
-    parser.set_defaults(handler=run_report)
 
 
 def run_report(args: argparse.Namespace) -> None:

@@ -32,6 +32,7 @@ import jsonschema
 
 JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
 # Text a float knob takes as a number: YAML 1.1 (PyYAML) reads 1e-3, without a dot, as a string.
+AT_LEAST_TWO = "need at least 2 samples for a variance"  # the message of sample-count knobs
 NUMBER_TEXT = r"^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$"
 
 
@@ -161,6 +162,11 @@ def check_knobs(config: Any) -> None:
     for field in dataclasses.fields(config):
         value = check_knob(type(config), field.name, getattr(config, field.name))
         object.__setattr__(config, field.name, value)
+
+
+def knob_defaults(cls: type) -> str:
+    """``name=default`` of every field of ``cls``, comma separated (for ``--help``)."""
+    return ", ".join(f"{field.name}={getattr(cls, field.name)!r}" for field in dataclasses.fields(cls))
 
 
 def config_from_mapping(cls: type, mapping: dict, what: str) -> Any:

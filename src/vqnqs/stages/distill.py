@@ -29,6 +29,7 @@ import torch
 from vqnqs.models import from_teacher, make_vq_model
 from vqnqs.physics.hamiltonian import Hamiltonian
 from vqnqs.stages.config import DTYPES, DistillConfig, check_bits
+from vqnqs.stages.driver import METRICS_KEYS as CONTRACT_KEYS
 from vqnqs.stages.driver import Stage
 from vqnqs.stages.inputs import Teacher, system_info
 from vqnqs.vmc.checkpoint import model_config_to_dict, vq_config_to_dict
@@ -54,14 +55,7 @@ HISTORY_COLUMNS = (
     "time_s",  # wall time since the start of distillation (summed over resumed invocations)
 )
 METRICS_KEYS = (
-    "energy_per_site",
-    "energy_error",
-    "variance",
-    "rel_error",
-    "reference_per_site",
-    "n_params",
-    "steps",
-    "wall_time_s",
+    *CONTRACT_KEYS,
     "bits",
     "heads",
     "codes",
@@ -190,26 +184,14 @@ class Distiller(Stage):
         return row
 
     def finetune_update(self) -> dict:
-        vmc, step = self.finetune, self.step + 1
-        lr = vmc.lr_at(step - self.config.steps)
+        step = self.step + 1
         self.student.train()  # straight-through derivatives of the codes (eq. 8)
-        result = vmc_step(
-            self.student,
-            self.hamiltonian,
-            self.vmc_optimizer,
-            self.generator,
-            n_samples=vmc.n_samples,
-            lr=lr,
-            diag_shift=vmc.diag_shift_at(step - self.config.steps),
-            sr_momentum=vmc.sr_momentum,
-            chunk_size=self.config.chunk_size,
-            engine="dedup",
-            step=step,
-        )
+        vmc = (self.student, self.hamiltonian, self.vmc_optimizer, self.generator, self.finetune, step)
+        result = vmc_step(*vmc, chunk_size=self.config.chunk_size, engine="dedup", offset=self.config.steps)
         self.step = step
         energy = energy_metrics(result.stats, self.hamiltonian.n_sites, self.reference)
         energy.pop("variance")
-        return {"step": step, "phase": "vmc", "lr": lr, "grad_norm": result.grad_norm, **energy}
+        return {"step": step, "phase": "vmc", "lr": result.lr, "grad_norm": result.grad_norm, **energy}
 
     def monitor_energy(self) -> dict:
         """Student energy on ``energy_samples`` of its own samples (the monitor's stream, not the trajectory's)."""

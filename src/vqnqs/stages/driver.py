@@ -43,6 +43,17 @@ CHECKPOINT_FILE = "checkpoint.pt"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.pt"
+# What every stage's metrics.json holds at least (the DESIGN.md contract).
+METRICS_KEYS = (
+    "energy_per_site",
+    "energy_error",
+    "variance",
+    "rel_error",
+    "reference_per_site",
+    "n_params",
+    "steps",
+    "wall_time_s",
+)
 
 
 class Stage:

@@ -25,7 +25,9 @@ import torch
 from vqnqs.io import read_json
 from vqnqs.models.transformer import AutoregressiveTransformer
 from vqnqs.physics.hamiltonian import Hamiltonian
-from vqnqs.profiling.flops import FlopProfile, distinct_samples, draw_samples, model_bits, profile_flops
+from vqnqs.profiling.batches import distinct_samples, draw_samples
+from vqnqs.profiling.flop_profile import FlopProfile, profile_flops
+from vqnqs.profiling.quantized import model_bits
 from vqnqs.profiling.table import (
     BASELINE_LABEL,
     COMPONENT_COLUMNS,

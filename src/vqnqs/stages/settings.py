@@ -11,6 +11,8 @@ the settings it used (:func:`open_run`).
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from vqnqs.config import load_params, run_settings
@@ -70,6 +72,21 @@ def stage_config(cls: type, params: dict, settings: dict, overrides: list[tuple[
         return cls.from_mapping(merged)
     except ValueError as err:
         raise UsageError(f"{section} settings: {err}") from err
+
+
+def stage_setup(args: argparse.Namespace, cls: type) -> tuple[dict, dict, Hamiltonian, Any]:
+    """``(system settings, params, Hamiltonian, config of class cls)`` of a stage's command line."""
+    settings, params = resolve_system(args)
+    return settings, params, hamiltonian_from(settings), stage_config(cls, params, settings, args.overrides)
+
+
+@contextlib.contextmanager
+def refused_as(argument: str) -> Iterator[None]:
+    """A ``ValueError`` in the block becomes a :class:`UsageError` naming ``argument`` (exit 2, one line)."""
+    try:
+        yield
+    except ValueError as err:
+        raise UsageError(f"{argument}: {err}") from err
 
 
 def open_run(stage: str, settings: dict, params: dict, run: str | None, used: dict, **tags: Any) -> Run:

@@ -18,7 +18,7 @@ import torch
 from vqnqs.models import AutoregressiveTransformer
 from vqnqs.physics.hamiltonian import Hamiltonian
 from vqnqs.stages.config import DTYPES, TrainConfig
-from vqnqs.stages.driver import Stage, mean_of
+from vqnqs.stages.driver import METRICS_KEYS, Stage, mean_of
 from vqnqs.stages.inputs import system_info
 from vqnqs.vmc.checkpoint import model_config_to_dict
 from vqnqs.vmc.enumeration import exact_metrics
@@ -39,16 +39,6 @@ HISTORY_COLUMNS = (
     "samples_per_s",  # n_samples / wall time of the whole step
     "eloc_configs_per_s",  # connected configurations through the network per second of local energy
     "time_s",  # wall time since the start of training (summed over resumed invocations)
-)
-METRICS_KEYS = (
-    "energy_per_site",
-    "energy_error",
-    "variance",
-    "rel_error",
-    "reference_per_site",
-    "n_params",
-    "steps",
-    "wall_time_s",
 )
 
 
@@ -82,29 +72,17 @@ class Trainer(Stage):
     def update(self) -> dict:
         """Sample, estimate the energy, update the parameters once; returns the history row of this step."""
         config, step = self.config, self.step + 1
-        lr, shift = config.lr_at(step), config.diag_shift_at(step)
         start = time.perf_counter()
-        result = vmc_step(
-            self.model,
-            self.hamiltonian,
-            self.optimizer,
-            self.generator,
-            n_samples=config.n_samples,
-            lr=lr,
-            diag_shift=shift,
-            sr_momentum=config.sr_momentum,
-            chunk_size=config.chunk_size,
-            engine=config.engine,
-            step=step,
-        )
+        vmc = (self.model, self.hamiltonian, self.optimizer, self.generator, config, step)
+        result = vmc_step(*vmc, chunk_size=config.chunk_size, engine=config.engine)
         self.step = step
         elapsed = time.perf_counter() - start
         return {
             "step": step,
             **energy_metrics(result.stats, self.hamiltonian.n_sites, self.reference),
             "grad_norm": result.grad_norm,
-            "lr": lr,
-            "diag_shift": shift if config.optimizer == "sr" else None,
+            "lr": result.lr,
+            "diag_shift": result.diag_shift if config.optimizer == "sr" else None,
             "distinct_samples": result.distinct_samples,
             "samples_per_s": config.n_samples / elapsed,
             "eloc_configs_per_s": result.eloc_configs_per_s,

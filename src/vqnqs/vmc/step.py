@@ -31,6 +31,7 @@ import torch
 
 from vqnqs.models import AutoregressiveTransformer, codebook_upkeep
 from vqnqs.physics.hamiltonian import Hamiltonian
+from vqnqs.vmc.config import VMCConfig
 from vqnqs.vmc.gradient import EnergyStats, energy_loss, energy_statistics, log_derivatives
 from vqnqs.vmc.local_energy import local_energy
 from vqnqs.vmc.log_psi import make_log_psi
@@ -58,6 +59,8 @@ class VMCStepResult:
     """What one VMC update measured (on the batch drawn before the update)."""
 
     stats: EnergyStats  # E_loc statistics of the whole system
+    lr: float  # learning rate of the update
+    diag_shift: float  # SR diagonal shift of the update
     grad_norm: float  # |dE/dθ| (eq. 3)
     distinct_samples: int  # distinct configurations among the samples (each evaluated once)
     eloc_configs_per_s: float  # connected configurations through the network per second of local energy
@@ -68,17 +71,18 @@ def vmc_step(
     hamiltonian: Hamiltonian,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
+    vmc: VMCConfig,
+    step: int,
     *,
-    n_samples: int,
-    lr: float,
-    diag_shift: float,
-    sr_momentum: float,
     chunk_size: int,
     engine: str,
-    step: int,
+    offset: int = 0,
 ) -> VMCStepResult:
-    """One VMC update of ``model`` (module docstring): SR (minSR, SPRING) when ``optimizer`` is an
-    :class:`~vqnqs.vmc.optim.SR`, else the eq. 3 gradient for it (Adam)."""
+    """Update ``step`` (1-based, ``offset`` of them before this VMC phase) of ``model`` (module docstring):
+    SR (minSR, SPRING) when ``optimizer`` is an :class:`~vqnqs.vmc.optim.SR`, else the eq. 3 gradient for it
+    (Adam); learning rate and diagonal shift from ``vmc``'s schedules at ``step - offset``."""
+    n_samples = vmc.n_samples
+    lr, diag_shift = vmc.lr_at(step - offset), vmc.diag_shift_at(step - offset)
     set_lr(optimizer, lr)
     samples = model.sample(n_samples, generator=generator)  # (Ns, N)
     # Exact samples repeat, the more so the closer psi gets to the ground state: evaluate each distinct
@@ -99,7 +103,7 @@ def vmc_step(
     if isinstance(optimizer, SR):
         o = log_derivatives(model, distinct, chunk_size)  # (U, Np), columns in model.parameters() order
         previous = optimizer.previous_direction()
-        direction, gradient = sr_direction(o, e_loc, diag_shift, weights, previous, sr_momentum)
+        direction, gradient = sr_direction(o, e_loc, diag_shift, weights, previous, vmc.sr_momentum)
         set_gradients(params, direction)
     else:
         loss = energy_loss(model.log_psi(distinct), e_loc, weights)  # eq. 3 through autograd
@@ -110,7 +114,7 @@ def vmc_step(
         raise TrainingError(f"step {step}: the gradient or update direction is NaN or infinite")
     optimizer.step()
     codebook_upkeep(model, samples)
-    return VMCStepResult(stats, grad_norm, len(distinct), log_psi.count / eloc_time)
+    return VMCStepResult(stats, lr, diag_shift, grad_norm, len(distinct), log_psi.count / eloc_time)
 
 
 @dataclass(frozen=True)
