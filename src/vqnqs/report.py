@@ -14,7 +14,6 @@ figure, the CSV it was drawn from (``figures/<name>.csv``). Everything is writte
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +28,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from vqnqs.io import atomic_open, ensure_writable_dir  # noqa: E402
+from vqnqs.io import InputError, atomic_open, ensure_writable_dir, read_json  # noqa: E402
 from vqnqs.profiling import fit_power_law  # noqa: E402
 
 PAPER_TABLE_PATH = Path("data/reference/paper_table1.csv")
 
 
-class ReportInputError(ValueError):
+class ReportInputError(InputError):
     """A stage output the report needs is missing or malformed."""
 
 
@@ -85,13 +84,6 @@ def inputs_from_params(params: dict, data_dir: str | Path = "data") -> ReportInp
     return ReportInputs(Path(data_dir), tuple(params["systems"]), tuple(int(b) for b in params["bits"]))
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ReportInputError(f"{path}: not a readable JSON file ({err})") from err
-
-
 def _read_csv(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path)
@@ -107,7 +99,7 @@ def collect_tables(inputs: ReportInputs, params: dict) -> dict[str, pd.DataFrame
     table1, components, curves, references = [], [], [], []
     for run in inputs.runs:
         system = params["systems"][run]
-        reference = _read_json(inputs.reference(run))
+        reference = read_json(inputs.reference(run))
         references.append(
             {
                 "run": run,
@@ -122,7 +114,7 @@ def collect_tables(inputs: ReportInputs, params: dict) -> dict[str, pd.DataFrame
         curves.append(history)
         for bits in inputs.bits:
             rows = _read_csv(inputs.profile(run, bits)).assign(run=run)
-            student = _read_json(inputs.distill_dir(run, bits) / "metrics.json")
+            student = read_json(inputs.distill_dir(run, bits) / "metrics.json")
             rows["distill_rel_error"] = student.get("rel_error", math.nan)
             table1.append(rows)
             components.append(_read_csv(inputs.components(run, bits)).assign(run=run))
