@@ -5,7 +5,7 @@ half-block, 2x2 patches), B = 512 samples, 6 bits (1 head x 64 codes).
 
 The model is either a distilled student (``--model-dir DIR`` with the distill stage's ``model.pt``) or,
 by default, an UNTRAINED paper-shape VQ model whose codebooks are fitted to its own samples (one
-training-mode forward; see ``vqnqs.profiling.untrained``). The output says which. An untrained model's
+codebook upkeep; see ``vqnqs.profiling.untrained``). The output says which. An untrained model's
 codes, and so its reuse, can differ from a trained model's.
 
 Both paths run on the same batch of exact samples in one process; each repeat times both, alternating
@@ -33,7 +33,9 @@ import torch
 from vqnqs.dedup import dedup_log_prob
 from vqnqs.io import write_json
 from vqnqs.physics.hamiltonian import build_hamiltonian
-from vqnqs.profiling.flops import connected_configs, distinct_samples, draw_samples, model_bits, profile_flops
+from vqnqs.profiling.batches import connected_configs, distinct_samples, draw_samples
+from vqnqs.profiling.flop_profile import profile_flops
+from vqnqs.profiling.quantized import model_bits
 from vqnqs.profiling.timing import environment, load_average, time_local_energy
 from vqnqs.profiling.untrained import untrained_vq_model
 
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         from vqnqs.vmc.local_energy import local_energy
 
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            local_energy(hamiltonian, model, s, chunk_size=args.chunk_size, dedup=True)
+            local_energy(hamiltonian, model, s, chunk_size=args.chunk_size, engine="dedup")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
     result["load_after"] = load_average()
     result["wall_time_s"] = time.perf_counter() - started

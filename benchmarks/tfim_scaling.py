@@ -1,7 +1,7 @@
 """Local-energy FLOPs per sample vs chain length N (open TFIM), dense vs dedup, with power-law fits.
 
 For each N a paper-shape VQ-NQS (3 blocks + the half-block, ``--d-model`` 256, 8 heads, 4-spin tokens,
-``--bits`` 6) is built UNTRAINED, with its codebooks fitted to its own samples (one training-mode forward,
+``--bits`` 6) is built UNTRAINED, with its codebooks fitted to its own samples (one codebook upkeep,
 ``vqnqs.profiling.untrained``): its reuse rates say what the engine does with a data-driven codebook, and
 may differ from those of a trained model (the pipeline's profile stage measures the trained students).
 
@@ -33,7 +33,10 @@ import torch
 
 from vqnqs.io import atomic_open, write_json
 from vqnqs.physics.hamiltonian import build_hamiltonian
-from vqnqs.profiling.flops import COMPONENTS, distinct_samples, draw_samples, model_bits, profile_flops
+from vqnqs.profiling.batches import distinct_samples, draw_samples
+from vqnqs.profiling.flop_profile import profile_flops
+from vqnqs.profiling.flops import COMPONENTS
+from vqnqs.profiling.quantized import model_bits
 from vqnqs.profiling.scaling import fit_power_law
 from vqnqs.profiling.timing import environment, load_average, time_local_energy
 from vqnqs.profiling.untrained import untrained_vq_model

@@ -230,39 +230,6 @@ def test_engine_gradients_match_dense() -> None:
             torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-12)
 
 
-def test_flop_counter_sees_the_model_components() -> None:
-    """Under FlopCounterMode the engine's per-location FLOPs carry the dense forward's component names and
-    scale with the unique rows: (rows through ff in the engine) / (K*T) exactly."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    def by_component(counter: FlopCounterMode) -> dict[str, int]:
-        # "VQTransformer.blocks.0.ff" / "DedupEngine.blocks.0.ff" -> "blocks.0.ff"
-        return {k.split(".", 1)[1]: sum(v.values()) for k, v in counter.get_flop_counts().items() if "." in k}
-
-    config = TransformerConfig((4, 4), 2, d_model=16, n_heads=2, n_blocks=2, n_down=8)
-    model = random_model(config, VQConfig(heads=2, codes=3), seed=4, fit=True)
-    s = local_energy_batch(model, Heisenberg(Lattice((4, 4))), 16, 0, "model")
-    with torch.no_grad():
-        with FlopCounterMode(display=False) as dense_counter:
-            model.log_prob(s)
-        with FlopCounterMode(display=False) as dedup_counter:
-            result = dedup_log_prob(model, s)
-    dense, dedup = by_component(dense_counter), by_component(dedup_counter)
-    _, block0, block1, _ = result.stats
-    locations = block0.locations
-    for name, rows in (("blocks.0.ff", block0.unique_rows), ("blocks.1.ff", block1.unique_rows)):
-        assert dedup[name] * locations == dense[name] * rows
-    assert dedup["blocks.1.attn.qkv_proj"] * locations == dense["blocks.1.attn.qkv_proj"] * block0.unique_rows
-    assert dedup["blocks.0.attn.out_proj"] * locations == dense["blocks.0.attn.out_proj"] * block0.code_tuples
-    # The distances are counted in the quantiser in both paths, on the distinct prefixes in the engine.
-    assert dense["blocks.0.attn.quantizer"] > 0
-    assert dedup["blocks.0.attn.quantizer"] * locations == dense["blocks.0.attn.quantizer"] * block0.attention_rows
-    final = result.stats[-1]  # the final half-block leaves one state per distinct prefix
-    assert dedup["head"] * locations == dense["head"] * final.unique_rows
-    assert final.unique_rows == final.attention_rows < locations
-    assert dedup_counter.get_total_flops() < dense_counter.get_total_flops() / 2
-
-
 # --- execution policy (chunks and threads) ---------------------------------------------------------------------------
 
 

@@ -25,22 +25,15 @@ from vqnqs.dedup import dedup_log_prob
 from vqnqs.physics.hamiltonian import Heisenberg
 from vqnqs.physics.lattice import Lattice
 from vqnqs.profiling import fit_power_law
-from vqnqs.profiling.flops import (
-    COMPONENTS,
-    classify,
-    connected_configs,
-    exclusive_counts,
-    local_energy_flops,
-    profile_flops,
-    quantized_cells,
-)
+from vqnqs.profiling.batches import connected_configs
+from vqnqs.profiling.flop_profile import profile_flops
+from vqnqs.profiling.flops import COMPONENT_OF_GROUP, COMPONENTS, UNATTRIBUTED, count_flops, local_energy_flops
+from vqnqs.profiling.quantized import quantized_cells
 
 MATMUL_COMPONENTS = {"qkv_proj", "attention", "quantizer_distances", "out_proj", "feed_forward", "head"}
 
 
 def by_component(cells: dict) -> dict[str, int]:
-    from vqnqs.profiling.flops import COMPONENT_OF_GROUP
-
     out = dict.fromkeys(COMPONENTS, 0)
     for (_, group), flops in cells.items():
         out[COMPONENT_OF_GROUP[group]] += flops
@@ -64,7 +57,7 @@ def test_matmul_flops_of_a_one_block_vq_model_match_the_formula(tfim8):
     assert r_block0 == len({(i, tuple(row[: i + 1])) for row in inputs.tolist() for i in range(t)})
     assert u_block0 <= r_final <= r_block0 < kt and stats["final"].unique_rows == r_final
 
-    dense = by_component(local_energy_flops(tfim8, model, s, dedup=False, elementwise=False))
+    dense = by_component(local_energy_flops(tfim8, model, s, "dense", elementwise=False))
     assert dense == {
         **dict.fromkeys(COMPONENTS, 0),
         "qkv_proj": 2 * 6 * d * d * kt,
@@ -74,7 +67,7 @@ def test_matmul_flops_of_a_one_block_vq_model_match_the_formula(tfim8):
         "feed_forward": 4 * d * f * kt,
         "head": 2 * d * vocab * kt,
     }
-    dedup = by_component(local_energy_flops(tfim8, model, s, dedup=True, elementwise=False))
+    dedup = by_component(local_energy_flops(tfim8, model, s, "dedup", elementwise=False))
     assert dedup == {
         **dict.fromkeys(COMPONENTS, 0),
         "qkv_proj": 6 * d * d * (u_embed + u_block0),
@@ -92,15 +85,15 @@ def test_elementwise_costs_layer_norm_and_embedding(tfim8):
     configs = connected_configs(tfim8, s)
     kt, d = configs.shape[0] * 4, 8
     u_embed = dedup_log_prob(model, configs).stats[0].unique_rows
-    dense = local_energy_flops(tfim8, model, s, dedup=False)
-    dedup = local_energy_flops(tfim8, model, s, dedup=True)
+    dense = local_energy_flops(tfim8, model, s, "dense")
+    dedup = local_energy_flops(tfim8, model, s, "dedup")
     assert dense[("block0", "ln_attn")] == 7 * kt * d  # LayerNorm: 7 per element
     assert dedup[("block0", "ln_attn")] == 7 * u_embed * d
     assert dense[("embed", "embedding")] == kt * d  # token + position: one add per element
     assert dedup[("embed", "embedding")] == u_embed * d
     assert dense[("output", "output")] == dedup[("output", "output")] == 4 * kt * 4  # log_softmax over V = 4
     # The matmul part is unchanged by adding the elementwise ops.
-    matmul = local_energy_flops(tfim8, model, s, dedup=True, elementwise=False)
+    matmul = local_energy_flops(tfim8, model, s, "dedup", elementwise=False)
     assert matmul[("block0", "qkv_proj")] == dedup[("block0", "qkv_proj")]
 
 
@@ -108,12 +101,12 @@ def test_attention_and_quantizer_distances_are_counted_on_cpu(tfim8):
     model = tiny_vq(n_blocks=2, seed=4)
     assert model.device.type == "cpu"
     s = model.sample(3, generator=torch.Generator().manual_seed(0))
-    for dedup in (False, True):
-        cells = local_energy_flops(tfim8, model, s, dedup=dedup, elementwise=False)
+    for engine in ("dense", "dedup"):
+        cells = local_energy_flops(tfim8, model, s, engine, elementwise=False)
         for layer in ("block0", "block1", "final"):
-            assert cells.get((layer, "attention"), 0) > 0, (dedup, layer)
+            assert cells.get((layer, "attention"), 0) > 0, (engine, layer)
         for layer in ("block0", "block1"):
-            assert cells.get((layer, "quantizer"), 0) > 0, (dedup, layer)
+            assert cells.get((layer, "quantizer"), 0) > 0, (engine, layer)
         assert ("final", "quantizer") not in cells  # the half-block has no quantiser
 
 
@@ -195,40 +188,90 @@ def test_vq_savings_are_the_flop_ratios(tfim8):
     assert profile.n_configs == 2 * 8 * 9 and profile.configs_per_sample == 9
 
 
-def test_exclusive_counts_subtract_the_innermost_children():
-    inclusive = {
-        "Global": {"mm": 10},
-        "Root": {"mm": 8},
-        "Root.a": {"mm": 3},
-        "Root.a.b": {"mm": 1},
-        "Root.c.d": {"mm": 2},  # its parent Root.c never ran an op of its own
-    }
-    assert exclusive_counts(inclusive) == {
-        None: {"mm": 2},
-        "": {"mm": 3},
-        "a": {"mm": 2},
-        "a.b": {"mm": 1},
-        "c.d": {"mm": 2},
-    }
+def test_engine_flops_scale_with_its_unique_rows():
+    """The engine runs the model's own components: each per-location cell is the dense one scaled by the
+    rows it ran on, (rows in the engine) / (K*T) exactly."""
+    from tests.dedup.conftest import local_energy_batch, random_model
+    from vqnqs.models import TransformerConfig, VQConfig
+
+    config = TransformerConfig((4, 4), 2, d_model=16, n_heads=2, n_blocks=2, n_down=8)
+    model = random_model(config, VQConfig(heads=2, codes=3), seed=4, fit=True)
+    s = local_energy_batch(model, Heisenberg(Lattice((4, 4))), 16, 0, "model")
+    with torch.no_grad():
+        dense = count_flops(model, lambda: model.log_prob(s), elementwise=False)
+        dedup = count_flops(model, lambda: dedup_log_prob(model, s), elementwise=False)
+        result = dedup_log_prob(model, s)
+    _, block0, block1, _ = result.stats
+    locations = block0.locations
+    for layer, rows in (("block0", block0.unique_rows), ("block1", block1.unique_rows)):
+        assert dedup[(layer, "feed_forward")] * locations == dense[(layer, "feed_forward")] * rows
+    assert dedup[("block1", "qkv_proj")] * locations == dense[("block1", "qkv_proj")] * block0.unique_rows
+    assert dedup[("block0", "out_proj")] * locations == dense[("block0", "out_proj")] * block0.code_tuples
+    # The distances are counted in the quantiser in both paths, on the distinct prefixes in the engine.
+    assert dense[("block0", "quantizer")] > 0
+    assert dedup[("block0", "quantizer")] * locations == dense[("block0", "quantizer")] * block0.attention_rows
+    final = result.stats[-1]  # the final half-block leaves one state per distinct prefix
+    assert dedup[("output", "head")] * locations == dense[("output", "head")] * final.unique_rows
+    assert final.unique_rows == final.attention_rows < locations
+    assert sum(dedup.values()) < sum(dense.values()) / 2
+
+
+@pytest.mark.parametrize("engine", ["dense", "dedup", "dedup_no_prefix"])
+@pytest.mark.parametrize("kind", ["baseline", "vq", "vq-sz"])
+def test_every_flop_lands_in_a_component(tfim8, engine, kind):
+    """Every op of the network runs in a component (or in the output softmax / local-energy arithmetic)."""
+    heis8 = Heisenberg(Lattice((8,)))
+    model, ham = {
+        "baseline": lambda: (tiny_baseline(n_blocks=2, seed=5), tfim8),
+        "vq": lambda: (tiny_vq(n_blocks=2, seed=7), tfim8),
+        "vq-sz": lambda: (tiny_vq(n_blocks=2, seed=8, n_down=4), heis8),
+    }[kind]()
+    s = model.sample(4, generator=torch.Generator().manual_seed(0))
+    cells = local_energy_flops(ham, model, s, engine)
+    assert UNATTRIBUTED not in cells and all(group != "other" for _, group in cells)
+    layers = {"embed", "block0", "block1", "final", "output", "local_energy"}
+    assert {layer for layer, _ in cells} == layers
+    groups = {"ln_attn", "qkv_proj", "attention", "out_proj", "residual", "ln_ff", "feed_forward"}
+    groups |= set() if kind == "baseline" else {"quantizer"}
+    assert {group for layer, group in cells if layer == "block1"} == groups
 
 
 @pytest.mark.parametrize(
-    ("path", "op", "cell"),
+    ("component", "cell"),
     [
-        ("blocks.0.attn", "aten.bmm", ("block0", "attention")),  # dense causal mixing
-        ("blocks.0", "aten.bmm", ("block0", "attention")),  # the engine's mixing
-        ("blocks.0", "aten.add", ("block0", "residual")),
-        ("blocks.10.attn.quantizer", "aten.bmm", ("block10", "quantizer")),
-        ("final_block.attn.out_proj", "aten.addmm", ("final", "out_proj")),
-        ("blocks.1.ff.fc_in", "aten.addmm", ("block1", "feed_forward")),
-        ("head", "aten.addmm", ("output", "head")),
-        ("", "aten.add", ("embed", "embedding")),
-        (None, "aten._log_softmax", ("output", "output")),
-        (None, "aten.exp", ("local_energy", "local_energy")),
+        (lambda m: m.blocks[0].attn.mixing, ("block0", "attention")),
+        (lambda m: m.blocks[0].residual, ("block0", "residual")),
+        (lambda m: m.blocks[1].attn.quantizer, ("block1", "quantizer")),
+        (lambda m: m.final_block.attn.out_proj, ("final", "out_proj")),
+        (lambda m: m.blocks[1].ff, ("block1", "feed_forward")),
+        (lambda m: m.blocks[1].ln_ff, ("block1", "ln_ff")),
+        (lambda m: m.head, ("output", "head")),
+        (lambda m: m.embed_sum, ("embed", "embedding")),
     ],
 )
-def test_classify(path, op, cell):
-    assert classify(path, op) == cell
+def test_roles_of_the_components(component, cell):
+    model = tiny_vq(n_blocks=2, seed=1)
+    roles = dict(model.components())
+    assert roles[component(model)] == cell
+    assert len(roles) == 3 + 2 * 8 + 6 + 2  # embed, two full blocks, the half-block, output
+    assert set(roles.values()) <= {
+        (layer, group) for layer in ("embed", "block0", "block1", "final", "output") for group in COMPONENT_OF_GROUP
+    }
+
+
+def test_attribution_goes_by_module_identity_not_by_name(tfim8):
+    """A component registered under a second name keeps its role; an op in no component is counted as
+    ``other``, never silently in a neighbouring cell (as a block's own ops would be by their path)."""
+    model = tiny_vq(n_blocks=1, seed=2)
+    s = model.sample(3, generator=torch.Generator().manual_seed(0))
+    reference = local_energy_flops(tfim8, model, s, "dense")
+    model.blocks[0].attn.w_o = model.blocks[0].attn.out_proj  # the same module under another name too
+    assert local_energy_flops(tfim8, model, s, "dense") == reference
+    model.blocks[0].register_forward_hook(lambda module, args, output: (output[0] * 1.0, output[1]))
+    cells = local_energy_flops(tfim8, model, s, "dense")
+    k_t_d = connected_configs(tfim8, s).shape[0] * 4 * 8
+    assert cells.pop(UNATTRIBUTED) == k_t_d  # the hook's multiplication: one FLOP per element
+    assert cells == reference
 
 
 def test_fit_power_law_recovers_exact_data():
@@ -284,7 +327,7 @@ def test_untrained_vq_model_has_data_initialised_codebooks(tfim8):
 
 def test_repeated_samples_are_counted_once_on_both_paths(tfim8):
     """A local energy needs each distinct configuration once: repeats in a batch buy no savings."""
-    from vqnqs.profiling.flops import draw_samples
+    from vqnqs.profiling.batches import draw_samples
 
     model = tiny_vq(n_blocks=1, seed=3)
     s = draw_samples(model, 8, 0)

@@ -15,13 +15,10 @@ Configuration: :class:`DedupEngine` ``(model, prefix_reuse=..., policy=...)``; t
 :class:`~vqnqs.dedup.policy.ExecutionPolicy` (chunk sizes, threads) changes only the order of float
 operations, never the result.
 
-The whole forward runs inside :class:`DedupEngine`, a module whose children mirror the model's
-(``blocks.<i>.attn.qkv_proj``, ``head``...). So ``torch.utils.flop_counter.FlopCounterMode`` names the
-components as in the dense forward, with the root's name in front: ``DedupEngine.blocks.0.ff`` here for
-``VQTransformer.blocks.0.ff`` there. The causal mixing (:func:`vqnqs.models.transformer.causal_attention`,
-a function shared with the dense ``attn.attend``) is counted under ``DedupEngine.blocks.<i>`` (dense:
-``...blocks.<i>.attn``): ``4 * d * T`` FLOPs per attention row (each row's query against the ``T`` keys of
-its representative sequence, the future masked), against ``4 * d * T`` per location densely.
+Every op runs in one of the model's own component modules, called as in the dense forward (see
+:mod:`vqnqs.dedup.stages`), so FLOP counts attribute alike on both paths. The causal mixing
+(``block.attn.mixing``) costs ``4 * d * T`` FLOPs per attention row (each row's query against the ``T``
+keys of its representative sequence, the future masked), against ``4 * d * T`` per location densely.
 """
 
 from __future__ import annotations
@@ -29,12 +26,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vqnqs.dedup.policy import DEFAULT_POLICY, Execution, ExecutionPolicy
 from vqnqs.dedup.prefix import PrefixPartition, location_partition, prefix_partition
-from vqnqs.dedup.stages import BlockOutput, Compressed, block_stage, embed_stage, output_stage, quantizer_of
-from vqnqs.models.transformer import AutoregressiveTransformer, Block
+from vqnqs.dedup.stages import Compressed, block_stage, embed_stage, output_stage, quantizer_of
+from vqnqs.models.transformer import AutoregressiveTransformer
 
 
 @dataclass(frozen=True)
@@ -76,26 +73,11 @@ class DedupResult:
 # --- the whole forward ----------------------------------------------------------------------------
 
 
-class _BlockStage(nn.Module):
-    """One block's stage as a module: the block's children registered under the same names."""
+class DedupEngine:
+    """The dedup forward of ``model``: ``DedupEngine(model)(s) -> DedupResult``.
 
-    def __init__(self, block: Block) -> None:
-        super().__init__()
-        for name, child in block.named_children():
-            self.add_module(name, child)
-        object.__setattr__(self, "block", block)  # plain attribute: not a second registration
-
-    def forward(
-        self, states: Compressed, prefixes: PrefixPartition, run: Execution, record_codes: bool = False
-    ) -> BlockOutput:
-        return block_stage(self.block, states, prefixes, run, record_codes)
-
-
-class DedupEngine(nn.Module):
-    """The dedup forward of ``model`` as a module whose children mirror the model's (for FLOP attribution).
-
-    Holds no parameters of its own: it shares the model's submodules, so it follows the model's weights,
-    device and dtype. Build one per model (cheap) and call it: ``DedupEngine(model)(s) -> DedupResult``.
+    Holds no state of its own beyond its configuration: it calls the model's modules, so it follows the
+    model's weights, device and dtype. Cheap to build (one per call is fine).
 
     ``prefix_reuse=False`` runs attention once per location instead of once per distinct prefix: only the
     per-location ops are deduplicated, as in the paper (the like-for-like reading of its Table 1 savings).
@@ -105,15 +87,7 @@ class DedupEngine(nn.Module):
     def __init__(
         self, model: AutoregressiveTransformer, *, prefix_reuse: bool = True, policy: ExecutionPolicy = DEFAULT_POLICY
     ) -> None:
-        super().__init__()
-        for name, child in model.named_children():
-            if name == "blocks":
-                self.blocks = nn.ModuleList(_BlockStage(block) for block in model.blocks)
-            elif name == "final_block":
-                self.final_block = _BlockStage(model.final_block)
-            else:
-                self.add_module(name, child)
-        object.__setattr__(self, "model", model)
+        self.model = model
         self.prefix_reuse = prefix_reuse
         self.policy = policy
 
@@ -124,7 +98,7 @@ class DedupEngine(nn.Module):
             return states.prefixes
         return prefix_partition(states.ids) if self.prefix_reuse else location_partition(states.ids)
 
-    def forward(self, s: Tensor, record_codes: bool = False) -> DedupResult:
+    def __call__(self, s: Tensor, record_codes: bool = False) -> DedupResult:
         """``s (K, N)`` -> :class:`DedupResult` (``log P (K,)``, per-stage statistics, optional codes)."""
         with self.policy.applied() as run:
             return self._forward(s, run, record_codes)
@@ -137,9 +111,9 @@ class DedupEngine(nn.Module):
         states = embed_stage(model, inputs)
         stats = [LayerStats("embed", True, states.n_unique, locations)]
         codes_per_block: list[Tensor] = []
-        named = [*((f"block{i}", stage) for i, stage in enumerate(self.blocks)), ("final", self.final_block)]
-        for name, stage in named:
-            out = stage(states, self.attention_rows(states), run, record_codes)
+        named = [*((f"block{i}", block) for i, block in enumerate(model.blocks)), ("final", model.final_block)]
+        for name, block in named:
+            out = block_stage(block, states, self.attention_rows(states), run, record_codes)
             states = out.states
             stats.append(
                 LayerStats(

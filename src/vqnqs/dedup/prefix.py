@@ -25,7 +25,7 @@ Attention rows. Each distinct prefix is one row ``0 .. R-1``; the rows are laid 
 group per ``start`` value ``j``, holding its sequences in sorted order, each with its positions
 ``j .. T-1``. A group is one batched causal attention: the queries at positions ``j..T-1`` of each of its
 sequences against all ``T`` keys of that sequence (the causal mask hides the future), exactly the
-``q = the LAST Tq of the Tk positions`` convention of :func:`vqnqs.models.transformer.causal_attention`.
+``q = the LAST Tq of the Tk positions`` convention of :func:`vqnqs.models.attention.causal_attention`.
 ``rows (K, T)`` maps every location to the row of its prefix (the prefix id).
 
 Without prefix reuse (:func:`location_partition`) every location is its own row: attention runs once per

@@ -8,7 +8,7 @@ row per distinct prefix, or with the paper's engine one per location)::
 
     embed      key (position, input token)          -> I, V = tok_emb + pos_emb of the unique keys
     full block h = ln_attn(V); q, k, v = attn.qkv_proj(h)                     (U rows, head-major)
-               mixed = causal_attention per group of representatives          (R, d) one row per prefix
+               mixed = attn.mixing per group of representatives               (R, d) one row per prefix
       with VQ: codes = quantizer(mixed, codes_only=True)                      (R, H)
                key (previous id, code tuple) per row -> new I = ids_of_row[rows]
                V' = V[prev] + W_O(decode(tuple))           (W_O on the unique code tuples only)
@@ -17,9 +17,13 @@ row per distinct prefix, or with the paper's engine one per location)::
     final half-block: attention per prefix, no quantiser (I = rows), no feed-forward
     output     head(ln_f(V)) -> gather by I -> masked_log_softmax (Sz mask) -> gather tokens -> sum
 
-Ids come from integer keys only (:mod:`vqnqs.dedup.keys`), never from comparing floats. Submodules are
-called through ``__call__`` (``block.ln_attn(V)``, ``block.attn.qkv_proj``, ``quantizer(mixed,
-codes_only=True)``, ``block.attn.out_proj``, ``block.ff``, ``model.head``...), so module hooks see them.
+Ids come from integer keys only (:mod:`vqnqs.dedup.keys`), never from comparing floats. All arithmetic
+runs in the model's component modules (:meth:`~vqnqs.models.transformer.AutoregressiveTransformer.components`),
+called through ``__call__`` as in the dense forward: ``model.embed_sum``, ``block.ln_attn``,
+``block.attn.qkv_proj``, ``block.attn.mixing``, ``quantizer(mixed, codes_only=True)``,
+``block.attn.out_proj``, ``block.residual``, ``block.ff``, ``model.head``..., so module hooks (FLOP
+attribution) see the same components in both. Only the Sz-masked normalisation is a method
+(``model.masked_log_softmax``), as in the dense ``log_prob``.
 
 The stages that run matmuls take an :class:`~vqnqs.dedup.policy.Execution` (chunk sizes, threads): the
 per-location stages run on blocks of rows, the attention on steps of a few representative sequences whose
@@ -42,7 +46,7 @@ from torch import Tensor, nn
 from vqnqs.dedup.keys import pair_ids, tuple_ids
 from vqnqs.dedup.policy import Execution
 from vqnqs.dedup.prefix import PrefixPartition
-from vqnqs.models.transformer import AutoregressiveTransformer, Block, causal_attention
+from vqnqs.models.transformer import AutoregressiveTransformer, Block
 
 
 @dataclass
@@ -91,7 +95,7 @@ def embed_stage(model: AutoregressiveTransformer, inputs: Tensor) -> Compressed:
     n_seq, n_tokens = inputs.shape
     positions = torch.arange(n_tokens, device=inputs.device).expand(n_seq, n_tokens)  # (K, T)
     ids, pos_u, tok_u = pair_ids(positions, n_tokens, inputs, model.bos + 1)  # (K, T), (U,), (U,)
-    table = model.tok_emb(tok_u) + model.pos_emb(pos_u)  # (U, d)
+    table = model.embed_sum(model.tok_emb(tok_u), model.pos_emb(pos_u))  # (U, d)
     return Compressed(ids, table)
 
 
@@ -116,7 +120,7 @@ def attention_stage(
 
     Row r is the attention output of every location whose prefix id is r. Each group of representatives
     (sequences representing positions ``start .. T-1``) runs, a few sequences at a time, as one batched
-    :func:`causal_attention`: their queries at those positions against all ``T`` keys of the sequence.
+    ``block.attn.mixing``: their queries at those positions against all ``T`` keys of the sequence.
     """
     q, k, v = qkv  # (H, U, e) each, from qkv_stage
     n_heads, _, e = q.shape
@@ -129,7 +133,7 @@ def attention_stage(
             n = ids.shape[0]
             keys = ids.reshape(-1)  # (n*T,)
             queries = ids[:, group.start :].reshape(-1)  # (n*Tq,)
-            out = causal_attention(
+            out = block.attn.mixing(
                 q.index_select(1, queries).view(n_heads * n, t_q, e),  # (H*n, Tq, e)
                 k.index_select(1, keys).view(n_heads * n, n_tokens, e),  # (H*n, T, e)
                 v.index_select(1, keys).view(n_heads * n, n_tokens, e),  # (H*n, T, e)
@@ -154,7 +158,7 @@ def quantized_residual_stage(
     previous = prefixes.at_rows(states.ids)  # (R,) the input id of each row's locations
     row_ids, prev_u, tuple_u = pair_ids(previous, states.n_unique, tuple_of, n_tuples)  # (R,), (U',), (U',)
     projected = block.attn.out_proj(quantizer.decode(tuples))  # (n_tuples, d): W_O on unique codewords only
-    table = states.table.index_select(0, prev_u) + projected.index_select(0, tuple_u)  # (U', d)
+    table = block.residual(states.table.index_select(0, prev_u), projected.index_select(0, tuple_u))  # (U', d)
     return Compressed(row_ids[prefixes.rows], table), codes, n_tuples
 
 
@@ -164,7 +168,7 @@ def dense_residual_stage(
     """``x + W_O(attention)`` without a quantiser: one state per attention row (ids = the prefix ids)."""
     previous = prefixes.at_rows(states.ids)  # (R,) the input id of each row's locations
     chunks = [
-        states.table.index_select(0, previous[rows]) + block.attn.out_proj(mixed)  # (rows, d)
+        block.residual(states.table.index_select(0, previous[rows]), block.attn.out_proj(mixed))  # (rows, d)
         for rows, mixed in attention_stage(block, states, prefixes, qkv, run)
     ]
     table = torch.cat(chunks)  # (R, d)
@@ -173,7 +177,7 @@ def dense_residual_stage(
 
 def feed_forward_stage(block: Block, states: Compressed, run: Execution) -> Compressed:
     """``x + ff(ln_ff(x))`` on the unique rows (a full block's second half)."""
-    table = run.map_rows(lambda x: x + block.ff(block.ln_ff(x)), states.table)  # (U, d)
+    table = run.map_rows(lambda x: block.residual(x, block.ff(block.ln_ff(x))), states.table)  # (U, d)
     return Compressed(states.ids, table, states.prefixes)
 
 

@@ -1,12 +1,12 @@
 """Autoregressive transformer wave functions over patch tokens."""
 
+from vqnqs.models.attention import CausalMixing, CausalSelfAttention, KVCache, causal_attention
 from vqnqs.models.patches import Patching, validate_patching
 from vqnqs.models.transformer import (
+    Add,
     AutoregressiveTransformer,
     Block,
-    CausalSelfAttention,
     FeedForward,
-    KVCache,
     TransformerConfig,
     default_patch,
 )
@@ -21,13 +21,16 @@ from vqnqs.models.vq import (
 )
 
 __all__ = [
+    "Add",
     "AutoregressiveTransformer",
     "Block",
+    "CausalMixing",
     "CausalSelfAttention",
     "FeedForward",
     "KVCache",
     "Patching",
     "TransformerConfig",
+    "causal_attention",
     "default_patch",
     "validate_patching",
     "VectorQuantizer",

@@ -10,31 +10,33 @@ Network (pre-LayerNorm, nanoGPT-like)::
     one attention-only block:  x = x + W_O(attend(qkv(ln(x))))              (its quantizer stays Identity)
     final LayerNorm -> head Linear(d, vocab) -> Sz mask -> log_softmax
 
-The pieces are separately callable for engines that reorganise the forward pass (the dedup engine):
+The pieces are separately callable modules for engines that reorganise the forward pass (the dedup engine):
 
-- per location, acting on ``(..., d)`` rows independently: ``model.embed`` (token + position),
-  ``block.ln_attn``, ``block.attn.qkv`` (Q/K/V projection), ``block.attn.quantizer`` (VQ slot),
-  ``block.attn.out_proj`` (W_O), ``block.ln_ff``, ``block.ff``, ``model.ln_f``, ``model.head``;
-- per sequence: ``block.attn.attend(q, k, v)`` (causal mixing; its arithmetic is
-  :func:`causal_attention` on head-major tensors, which the dedup engine calls directly) and
-  ``model.masked_log_softmax(logits, n_down_before, start)`` (Sz mask + normalisation).
+- per location, acting on ``(..., d)`` rows independently: ``model.tok_emb``, ``model.pos_emb`` and
+  their sum ``model.embed_sum``, ``block.ln_attn``, ``block.attn.qkv_proj`` (Q/K/V projection),
+  ``block.attn.quantizer`` (VQ slot), ``block.attn.out_proj`` (W_O), ``block.residual`` (the residual
+  adds), ``block.ln_ff``, ``block.ff``, ``model.ln_f``, ``model.head``;
+- per sequence: ``block.attn.mixing(q, k, v)`` (causal mixing of head-major tensors, see
+  :mod:`vqnqs.models.attention`) and ``model.masked_log_softmax(logits, n_down_before, start)`` (a method:
+  Sz mask + normalisation).
 
-``model.blocks`` holds the full blocks (the ones that take a quantiser), ``model.final_block`` the half-block.
+:meth:`AutoregressiveTransformer.components` lists these modules with their role ``(layer, group)``; FLOP
+attribution (:mod:`vqnqs.profiling.flops`) goes by it. ``model.blocks`` holds the full blocks (the ones
+that take a quantiser), ``model.final_block`` the half-block.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from vqnqs.models.attention import CausalSelfAttention, KVCache
 from vqnqs.models.patches import Patching, validate_patching
-
-KVCache = tuple[Tensor, Tensor]  # keys, values of the positions seen so far: (B, T_past, d) each
 
 
 @dataclass(frozen=True)
@@ -99,67 +101,15 @@ def default_patch(lattice_shape: tuple[int, ...]) -> int:
     return next(k for k in (4, 2, 1) if shape[0] % k == 0)
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Causal softmax attention of one head-major batch: ``q (..., Tq, e)``, ``k, v (..., Tk, e)`` -> ``(..., Tq, e)``.
-
-    The queries are the LAST ``Tq`` of the ``Tk`` positions; query j (absolute position ``Tk - Tq + j``)
-    sees the keys up to and including its own position. Shared by the dense forward
-    (:meth:`CausalSelfAttention.attend`, batch = (sequence, head)) and the dedup engine (batch = (head,
-    representative sequence), queries = the positions whose prefixes it represents), so that both run the
-    same arithmetic.
-    """
-    t_q, t_k = q.shape[-2], k.shape[-2]
-    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (..., Tq, Tk)
-    # Every row keeps its own position, so the -inf fill never leaves a row without a finite score.
-    q_pos = torch.arange(t_k - t_q, t_k, device=q.device)
-    future = torch.arange(t_k, device=q.device)[None, :] > q_pos[:, None]  # (Tq, Tk)
-    scores = scores.masked_fill(future, float("-inf"))
-    # Softmax over the keys with the keys moved to the front: a reduction over the leading dim of a
-    # contiguous tensor vectorises over everything else, while one over a last dim of a few keys
-    # (T = 4..16 here) runs nearly scalar. The weights stay a strided view, which the matmul reads as is.
-    weights = scores.movedim(-1, 0).contiguous().softmax(dim=0).movedim(0, -1)  # (..., Tq, Tk)
-    return weights @ v  # (..., Tq, e)
+Role = tuple[str, str]  # (layer, group): "block0", "feed_forward"
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with explicit matmuls (so CPU FLOP counters see them).
+class Add(nn.Module):
+    """``x + y`` as a stateless module: the embedding sum and the residual adds, so that module hooks (FLOP
+    attribution) see them as components of their own, in the dense forward and in the dedup engine alike."""
 
-    forward = out_proj(quantizer(attend(*qkv(x)))): the per-head mixed output passes through the
-    ``quantizer`` slot (``nn.Identity`` here; the VQ-NQS variant puts its vector quantiser there)
-    before ``W_O`` and the residual add of the enclosing block.
-    """
-
-    def __init__(self, d_model: int, n_heads: int) -> None:
-        super().__init__()
-        self.n_heads = n_heads
-        self.qkv_proj = nn.Linear(d_model, 3 * d_model)
-        self.quantizer: nn.Module = nn.Identity()
-        self.out_proj = nn.Linear(d_model, d_model)  # W_O
-
-    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-location projection ``(..., d) -> q, k, v`` each ``(..., d)`` (heads are split in attend)."""
-        q, k, v = self.qkv_proj(x).chunk(3, dim=-1)
-        return q, k, v
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Causal mixing: ``q (B, Tq, d)`` are the LAST Tq of the ``Tk`` positions of ``k, v (B, Tk, d)``.
-
-        Returns the per-head outputs concatenated, ``(B, Tq, d)``, before any quantiser or ``W_O``.
-        """
-        q, k, v = (rearrange(x, "b t (h e) -> b h t e", h=self.n_heads) for x in (q, k, v))
-        return rearrange(causal_attention(q, k, v), "b h t e -> b t (h e)")
-
-    def forward(self, x: Tensor, cache: KVCache | None = None) -> tuple[Tensor, KVCache]:
-        """``x (B, T, d)`` (already LayerNormed) -> ``(B, T, d)`` to add to the residual, and the updated cache.
-
-        With a cache, ``x`` holds only the new positions and attends to the cached ones as well.
-        """
-        q, k, v = self.qkv(x)
-        if cache is not None:
-            k = torch.cat([cache[0], k], dim=1)
-            v = torch.cat([cache[1], v], dim=1)
-        mixed = self.attend(q, k, v)
-        return self.out_proj(self.quantizer(mixed)), (k, v)
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        return x + y
 
 
 class FeedForward(nn.Module):
@@ -184,13 +134,26 @@ class Block(nn.Module):
         # The attention-only half-block has neither (None rather than Identity: no parameters, no FLOPs).
         self.ln_ff: nn.LayerNorm | None = nn.LayerNorm(config.d_model) if feed_forward else None
         self.ff: FeedForward | None = FeedForward(config.d_model, config.d_ff) if feed_forward else None
+        self.residual = Add()
 
     def forward(self, x: Tensor, cache: KVCache | None = None) -> tuple[Tensor, KVCache]:
         attended, cache = self.attn(self.ln_attn(x), cache)
-        x = x + attended
+        x = self.residual(x, attended)
         if self.ff is not None and self.ln_ff is not None:
-            x = x + self.ff(self.ln_ff(x))
+            x = self.residual(x, self.ff(self.ln_ff(x)))
         return x, cache
+
+    def components(self, layer: str) -> Iterator[tuple[nn.Module, Role]]:
+        """The block's components with their roles ``(layer, group)``, in network order."""
+        yield self.ln_attn, (layer, "ln_attn")
+        yield self.attn.qkv_proj, (layer, "qkv_proj")
+        yield self.attn.mixing, (layer, "attention")
+        yield self.attn.quantizer, (layer, "quantizer")
+        yield self.attn.out_proj, (layer, "out_proj")
+        yield self.residual, (layer, "residual")
+        if self.ff is not None and self.ln_ff is not None:
+            yield self.ln_ff, (layer, "ln_ff")
+            yield self.ff, (layer, "feed_forward")
 
 
 def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
@@ -224,6 +187,7 @@ class AutoregressiveTransformer(nn.Module):
         self.bos = vocab  # the extra embedding row that starts every sequence
         self.tok_emb = nn.Embedding(vocab + 1, d)
         self.pos_emb = nn.Embedding(n_tokens, d)
+        self.embed_sum = Add()
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_blocks))
         self.final_block = Block(config, feed_forward=False)
         self.ln_f = nn.LayerNorm(d)
@@ -250,6 +214,21 @@ class AutoregressiveTransformer(nn.Module):
                 nn.init.normal_(block.ff.fc_out.weight, std=0.02 / math.sqrt(n_residual_adds))
         nn.init.normal_(self.head.weight, std=0.02 / math.sqrt(self.config.d_model))
 
+    def components(self) -> Iterator[tuple[nn.Module, Role]]:
+        """Every component module with its role ``(layer, group)``, in network order.
+
+        Layers: ``embed``, ``block0`` .. ``block{n-1}`` (full blocks), ``final`` (the half-block), ``output``.
+        Every op of the forward runs inside one of these modules (or in ``masked_log_softmax``, outside the
+        forward): FLOP attribution counts each op under the role of the innermost component running it.
+        """
+        for module in (self.tok_emb, self.pos_emb, self.embed_sum):
+            yield module, ("embed", "embedding")
+        for i, block in enumerate(self.blocks):
+            yield from block.components(f"block{i}")
+        yield from self.final_block.components("final")
+        yield self.ln_f, ("output", "ln_f")
+        yield self.head, ("output", "head")
+
     @property
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -275,7 +254,7 @@ class AutoregressiveTransformer(nn.Module):
     def embed(self, inputs: Tensor, start: int = 0) -> Tensor:
         """Per location: ``(B, T')`` input tokens at positions ``start .. start+T'-1`` -> ``(B, T', d)``."""
         positions = torch.arange(start, start + inputs.shape[1], device=inputs.device)
-        return self.tok_emb(inputs) + self.pos_emb(positions)
+        return self.embed_sum(self.tok_emb(inputs), self.pos_emb(positions))
 
     def forward(self, inputs: Tensor, cache: list[KVCache] | None = None) -> tuple[Tensor, list[KVCache]]:
         """Unmasked logits ``(B, T', vocab)`` for input tokens ``(B, T')``, and the per-block KV cache.

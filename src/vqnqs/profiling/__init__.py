@@ -1,6 +1,9 @@
 """FLOP and wall-clock measurement of the local energy, dense vs dedup (the ``profile`` stage).
 
-- :mod:`vqnqs.profiling.flops`: FLOPs by component with ``FlopCounterMode``, quantised-ops set, savings;
+- :mod:`vqnqs.profiling.flops`: FLOPs by ``(layer, group)`` of the network (:class:`FlopCounter`);
+- :mod:`vqnqs.profiling.quantized`: the paper's quantised ops (:func:`quantized_cells`);
+- :mod:`vqnqs.profiling.batches`: exact samples, distinct samples, connected configurations;
+- :mod:`vqnqs.profiling.flop_profile`: FLOPs per sample averaged over batches, dense vs dedup, savings;
 - :mod:`vqnqs.profiling.timing`: median wall-clock of both paths on the same batch;
 - :mod:`vqnqs.profiling.scaling`: :func:`fit_power_law` (cost vs N);
 - :mod:`vqnqs.profiling.untrained`: paper-shape VQ models with a data-initialised codebook (benchmarks);
@@ -18,12 +21,18 @@ from vqnqs.profiling.scaling import fit_power_law
 
 _LAZY = {
     "COMPONENTS": "flops",
-    "FlopProfile": "flops",
+    "FlopCounter": "flops",
     "count_flops": "flops",
     "local_energy_flops": "flops",
-    "profile_flops": "flops",
-    "quantized_cells": "flops",
-    "savings": "flops",
+    "quantized_cells": "quantized",
+    "model_bits": "quantized",
+    "connected_configs": "batches",
+    "distinct_samples": "batches",
+    "draw_samples": "batches",
+    "FlopProfile": "flop_profile",
+    "layer_names": "flop_profile",
+    "profile_flops": "flop_profile",
+    "savings": "flop_profile",
     "Timing": "timing",
     "time_local_energy": "timing",
     "untrained_vq_model": "untrained",

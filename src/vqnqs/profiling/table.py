@@ -19,7 +19,9 @@ import torch
 from vqnqs.io import atomic_open
 from vqnqs.models.transformer import AutoregressiveTransformer
 from vqnqs.models.vq import VQTransformer
-from vqnqs.profiling.flops import COMPONENTS, FlopProfile, layer_names, model_bits
+from vqnqs.profiling.flop_profile import FlopProfile, layer_names
+from vqnqs.profiling.flops import COMPONENTS
+from vqnqs.profiling.quantized import model_bits
 from vqnqs.profiling.timing import Timing
 from vqnqs.stages.inputs import finite_number
 from vqnqs.vmc.evaluation import relative_error

@@ -93,7 +93,7 @@ def time_local_energy(
     warmup: int = 1,
     chunk_size: int | None = None,
 ) -> Timing:
-    """Median wall-clock of ``local_energy(hamiltonian, model, s, chunk_size, dedup=...)``, dense and dedup.
+    """Median wall-clock of ``local_energy(hamiltonian, model, s, chunk_size, engine=...)``, dense and dedup.
 
     ``s (B, N)`` is moved to the model's device first; both paths see the same batch.
     """
@@ -102,8 +102,8 @@ def time_local_energy(
     device = model.device
     s = s.to(device)
     calls = {
-        False: lambda: local_energy(hamiltonian, model, s, chunk_size=chunk_size, dedup=False),
-        True: lambda: local_energy(hamiltonian, model, s, chunk_size=chunk_size, dedup=True),
+        False: lambda: local_energy(hamiltonian, model, s, chunk_size=chunk_size, engine="dense"),
+        True: lambda: local_energy(hamiltonian, model, s, chunk_size=chunk_size, engine="dedup"),
     }
     times: dict[bool, list[float]] = {False: [], True: []}
     load_before = load_average()

@@ -1,0 +1,88 @@
+"""Causal multi-head self-attention: the only layer of the transformer that mixes locations.
+
+``CausalSelfAttention.forward = out_proj(quantizer(attend(*qkv(x))))``: a per-location Q/K/V projection,
+the causal mixing per sequence (:class:`CausalMixing`, i.e. :func:`causal_attention` per head), the
+``quantizer`` slot and ``W_O``, each callable on its own for engines that reorganise the forward.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+KVCache = tuple[Tensor, Tensor]  # keys, values of the positions seen so far: (B, T_past, d) each
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal softmax attention of one head-major batch: ``q (..., Tq, e)``, ``k, v (..., Tk, e)`` -> ``(..., Tq, e)``.
+
+    The queries are the LAST ``Tq`` of the ``Tk`` positions; query j (absolute position ``Tk - Tq + j``)
+    sees the keys up to and including its own position. The arithmetic of :class:`CausalMixing`.
+    """
+    t_q, t_k = q.shape[-2], k.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (..., Tq, Tk)
+    # Every row keeps its own position, so the -inf fill never leaves a row without a finite score.
+    q_pos = torch.arange(t_k - t_q, t_k, device=q.device)
+    future = torch.arange(t_k, device=q.device)[None, :] > q_pos[:, None]  # (Tq, Tk)
+    scores = scores.masked_fill(future, float("-inf"))
+    # Softmax over the keys with the keys moved to the front: a reduction over the leading dim of a
+    # contiguous tensor vectorises over everything else, while one over a last dim of a few keys
+    # (T = 4..16 here) runs nearly scalar. The weights stay a strided view, which the matmul reads as is.
+    weights = scores.movedim(-1, 0).contiguous().softmax(dim=0).movedim(0, -1)  # (..., Tq, Tk)
+    return weights @ v  # (..., Tq, e)
+
+
+class CausalMixing(nn.Module):
+    """:func:`causal_attention` as a stateless module, owned by :class:`CausalSelfAttention` (``attn.mixing``).
+
+    Called by the dense forward (:meth:`CausalSelfAttention.attend`, batch = (sequence, head)) and by the
+    dedup engine (batch = (head, representative sequence), queries = the positions whose prefixes it
+    represents): both run the same arithmetic, and module hooks (FLOP attribution) see it in both.
+    """
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """``q (..., Tq, e)``, ``k, v (..., Tk, e)`` head-major -> ``(..., Tq, e)``."""
+        return causal_attention(q, k, v)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with explicit matmuls (so CPU FLOP counters see them).
+
+    forward = out_proj(quantizer(attend(*qkv(x)))): the per-head mixed output passes through the
+    ``quantizer`` slot (``nn.Identity`` here; the VQ-NQS variant puts its vector quantiser there)
+    before ``W_O`` and the residual add of the enclosing block.
+    """
+
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv_proj = nn.Linear(d_model, 3 * d_model)
+        self.mixing = CausalMixing()  # stateless: no parameters, no state_dict entries
+        self.quantizer: nn.Module = nn.Identity()
+        self.out_proj = nn.Linear(d_model, d_model)  # W_O
+
+    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-location projection ``(..., d) -> q, k, v`` each ``(..., d)`` (heads are split in attend)."""
+        q, k, v = self.qkv_proj(x).chunk(3, dim=-1)
+        return q, k, v
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Causal mixing: ``q (B, Tq, d)`` are the LAST Tq of the ``Tk`` positions of ``k, v (B, Tk, d)``.
+
+        Returns the per-head outputs concatenated, ``(B, Tq, d)``, before any quantiser or ``W_O``.
+        """
+        q, k, v = (rearrange(x, "b t (h e) -> b h t e", h=self.n_heads) for x in (q, k, v))
+        return rearrange(self.mixing(q, k, v), "b h t e -> b t (h e)")
+
+    def forward(self, x: Tensor, cache: KVCache | None = None) -> tuple[Tensor, KVCache]:
+        """``x (B, T, d)`` (already LayerNormed) -> ``(B, T, d)`` to add to the residual, and the updated cache.
+
+        With a cache, ``x`` holds only the new positions and attends to the cached ones as well.
+        """
+        q, k, v = self.qkv(x)
+        if cache is not None:
+            k = torch.cat([cache[0], k], dim=1)
+            v = torch.cat([cache[1], v], dim=1)
+        mixed = self.attend(q, k, v)
+        return self.out_proj(self.quantizer(mixed)), (k, v)
