@@ -8,8 +8,8 @@ import torch
 from vqnqs.models import AutoregressiveTransformer, TransformerConfig, VQConfig, codebook_upkeep, make_vq_model
 from vqnqs.physics.hamiltonian import TransverseFieldIsing, build_hamiltonian
 from vqnqs.physics.lattice import Lattice
-from vqnqs.vmc.checkpoint import save_model
 from vqnqs.stages.inputs import system_info
+from vqnqs.vmc.checkpoint import save_model
 
 
 @pytest.fixture(autouse=True)

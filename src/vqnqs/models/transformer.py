@@ -101,7 +101,7 @@ def default_patch(lattice_shape: tuple[int, ...]) -> int:
     return next(k for k in (4, 2, 1) if shape[0] % k == 0)
 
 
-Role = tuple[str, str]  # (layer, group): "block0", "feed_forward"
+Role = tuple[str, str]  # (layer, group), e.g. ("block0", "feed_forward")
 
 
 class Add(nn.Module):
