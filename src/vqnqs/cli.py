@@ -342,7 +342,7 @@ def add_profile(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_profile(args: argparse.Namespace) -> None:
-    from vqnqs.profiling.flops import model_bits
+    from vqnqs.profiling.quantized import model_bits
     from vqnqs.profiling.table import bits_value
     from vqnqs.stages.inputs import check_model_dir, load_reference, load_trained, system_from_info
     from vqnqs.stages.profile import run_profile_stage, summary_line

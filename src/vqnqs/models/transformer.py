@@ -91,9 +91,7 @@ def default_patch(lattice_shape: tuple[int, ...]) -> int:
     16-value vocabulary), or the largest of 2, 1 that tiles a chain whose length 4 does not divide.
 
     Why 4 on a chain: half the tokens of K = 2, so attention and every per-location op cost about half,
-    and each conditional covers more spins. TFIM N = 32 with the training defaults (d = 32, minSR, 1024
-    samples, one CPU thread): K = 4 reaches a relative error of 1.2e-6 +- 1.6e-6 in 1800 steps (1.2 s per
-    step); K = 2 was at 4.7e-4 after a 300-step run (1.7 s per step).
+    and each conditional covers more spins (the README has the TFIM runs that compare them).
     """
     shape = tuple(lattice_shape)
     if len(shape) == 2:

@@ -5,7 +5,7 @@ its teacher (the baseline's). For each of the two models, on batches of exact sa
 
 - FLOPs of the local energy (all valid connected configurations of the batch's distinct samples) on the
   dense path and through the dedup engine, with and without prefix reuse, by component, averaged over
-  ``n_batches`` (:func:`vqnqs.profiling.flops.profile_flops`): the paper's Table 1 savings;
+  ``n_batches`` (:func:`vqnqs.profiling.flop_profile.profile_flops`): the paper's Table 1 savings;
 - the engine's unique-row fraction after each stage;
 - wall-clock of both paths on the first batch (:mod:`vqnqs.profiling.timing`), on each timing device.
 
