@@ -73,8 +73,35 @@ def stages_run(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
 
 
+def untracked_or_changed(repository: Path) -> list[str]:
+    """``git status --porcelain`` lines: files git would show to a user after a run."""
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=repository, capture_output=True, text=True)
+    return status.stdout.splitlines()
+
+
+def test_stage_outputs_are_ignored_by_git():
+    """Outputs of either front-end never show up in git (one `git add -A` from committing checkpoints), and the
+    pipeline tests copy tracked and not-ignored files only: a user's own `make run` outputs stay out of them."""
+    outputs = [
+        "data/reference/tfim_16.json",
+        "data/train/tfim_16/model.pt",
+        "data/train/tfim_16/checkpoint.pt",
+        "data/distill/tfim_16/bits6/metrics.json",
+        "data/profile/tfim_16/bits6.csv",
+        "results/report.md",
+        "results/figures/tfim_scaling.png",
+        "logs/train/tfim_16.log",
+        "mlflow.db",
+        "mlruns/0/meta.yaml",
+    ]
+    inputs = ["data/reference/literature.csv", "data/reference/paper_table1.csv", "params.yaml", "dvc.lock"]
+    check = subprocess.run(["git", "check-ignore", *outputs, *inputs], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert sorted(check.stdout.split()) == sorted(outputs)
+
+
 def test_dvc_repro_reruns_only_what_changed(workdir):
     first = stages_run(run(workdir, "dvc", "repro"))
+    assert untracked_or_changed(workdir) == [" M dvc.lock"], "outputs must be ignored by git, only dvc.lock changes"
     params = yaml.safe_load((workdir / "params.yaml").read_text())
     n_runs, n_bits = len(params["systems"]), len(params["bits"])
     assert len(first) == 2 * n_runs + 2 * n_runs * n_bits + 1  # reference, train, distill, profile, report
