@@ -52,6 +52,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     ensure_writable_dir(target.parent if str(target.parent) else ".")
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; an output gets what open() would give it
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -63,6 +64,13 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
         if isinstance(err, OSError):
             raise OutputError(f"{target}: write failed ({err.strerror or err})") from err
         raise
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:
