@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from vqnqs.config import DEFAULT_PARAMS_PATH, ParamsError, load_params, load_yaml
-from vqnqs.io import OutputError, ensure_writable_dir, write_json
+from vqnqs.io import OutputError, check_writable_dir, write_json
 from vqnqs.knobs import knob_defaults
 from vqnqs.physics.hamiltonian import SYSTEMS
 from vqnqs.physics.lattice import BOUNDARIES, parse_size
@@ -244,7 +244,7 @@ def run_reference(args: argparse.Namespace) -> None:
     settings, params = resolve_system(args)
     hamiltonian = hamiltonian_from(settings)
     literature_key = args.literature_key or params.get("reference", {}).get("literature_key")
-    ensure_writable_dir(args.out.parent)
+    check_writable_dir(args.out.parent)
     record = compute_reference(hamiltonian, args.method, literature_key, args.literature)
     write_json(args.out, record)
     print(
@@ -278,10 +278,13 @@ def run_train(args: argparse.Namespace) -> None:
     with refused_as("train settings"):
         config.transformer_config(hamiltonian)  # the patch must tile the lattice
     reference = load_reference(args.reference, hamiltonian)
-    ensure_writable_dir(args.out_dir)
+    check_writable_dir(args.out_dir)
+    trainer = Trainer(hamiltonian, config, args.out_dir, reference)
+    if not args.fresh:
+        trainer.resume()  # a checkpoint that cannot be used is refused here, before the MLflow run
     used = {"train": config.to_dict(), "reference": str(args.reference)}
     with open_run("train", settings, params, args.run, used) as run:
-        metrics = Trainer(hamiltonian, config, args.out_dir, reference).run(run, resume=not args.fresh)
+        metrics = trainer.run(run, resume=False)
     print(energy_line(f"{settings['system']} {settings['size']}", metrics, args.out_dir))
 
 
@@ -317,7 +320,10 @@ def run_distill(args: argparse.Namespace) -> None:
         raise UsageError(
             f"argument --reference: required ({teacher.path.parent}/metrics.json has no reference_per_site)"
         )
-    ensure_writable_dir(args.out_dir)
+    check_writable_dir(args.out_dir)
+    distiller = Distiller(hamiltonian, teacher, config, args.bits, args.out_dir, reference)
+    if not args.fresh:
+        distiller.resume()  # a checkpoint that cannot be used is refused here, before the MLflow run
     used = {
         "distill": config.to_dict(),
         "bits": args.bits,
@@ -326,8 +332,7 @@ def run_distill(args: argparse.Namespace) -> None:
         "reference": str(args.reference) if args.reference is not None else "teacher metrics.json",
     }
     with open_run("distill", settings, params, args.run, used, bits=args.bits) as run:
-        distiller = Distiller(hamiltonian, teacher, config, args.bits, args.out_dir, reference)
-        metrics = distiller.run(run, resume=not args.fresh)
+        metrics = distiller.run(run, resume=False)
     teacher_rel = metrics["teacher_rel_error"]
     extra = f"teacher {'n/a' if teacher_rel is None else f'{teacher_rel:.2e}'}, fidelity {metrics['fidelity']:.6f}"
     print(energy_line(f"{settings['system']} {settings['size']} {args.bits} bits", metrics, args.out_dir, extra))
@@ -357,8 +362,10 @@ def run_profile(args: argparse.Namespace) -> None:
     hamiltonian = hamiltonian_from(settings)
     config = stage_config(ProfileConfig, params, settings, args.overrides)
     reference = load_reference(args.reference, hamiltonian) if args.reference is not None else None
-    ensure_writable_dir(args.out.parent)
     student, _, _ = load_trained(args.model_dir, "model", vq=True, hamiltonian=hamiltonian)
+    load_trained(args.baseline, "baseline", vq=False, hamiltonian=hamiltonian)
+    config.resolved_timing_devices()
+    check_writable_dir(args.out.parent)
     used = {"profile": config.to_dict(), "model_dir": str(args.model_dir), "baseline": str(args.baseline)}
     used["reference"] = None if args.reference is None else str(args.reference)
     with open_run("profile", settings, params, args.run, used, bits=bits_value(model_bits(student))) as run:
@@ -389,7 +396,7 @@ def run_report(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     inputs = inputs_from_params(params, args.data_dir)
     inputs.check()  # every input present before any work
-    ensure_writable_dir(args.out_dir)
+    check_writable_dir(args.out_dir)
     with Run("report", params, {"run": "all"}, experiment=params.get("experiment")) as run:
         report = write_report(params, inputs, args.out_dir)
         run.log_artifact(report)

@@ -45,6 +45,18 @@ def ensure_writable_dir(directory: str | os.PathLike) -> Path:
     return path
 
 
+def check_writable_dir(directory: str | os.PathLike) -> Path:
+    """Check, creating nothing, that ``directory`` exists and is writable or can be created (its nearest
+    existing parent is a writable directory); :class:`OutputError` naming it otherwise."""
+    path = Path(directory)
+    existing = next((p for p in (path.absolute(), *path.absolute().parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise OutputError(f"output directory {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"output directory {path}: cannot write there ({existing} is not writable)")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds."""

@@ -125,7 +125,7 @@ def _range_error(spec: Knob, value: Any, optional: bool, kind: type) -> str | No
     if spec.why:
         return spec.why
     if high is not None:
-        return f"must lie in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f"must lie in {'(' if low_open else '['}{low:g}, {high}{')' if high_open else ']'}"
     if (low == 0 and low_open) or (kind is int and low == 1 and not low_open):
         if not optional:
             return "must be positive"

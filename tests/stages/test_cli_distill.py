@@ -7,8 +7,8 @@ import torch
 
 from vqnqs.cli import main
 from vqnqs.models import VQTransformer
-from vqnqs.vmc.checkpoint import load_model
 from vqnqs.stages.distill import METRICS_KEYS
+from vqnqs.vmc.checkpoint import load_model
 
 from ..vmc.conftest import TINY
 

@@ -20,12 +20,12 @@ from vqnqs.models import (
 )
 from vqnqs.physics.basis import all_configurations
 from vqnqs.physics.hamiltonian import build_hamiltonian
-from vqnqs.vmc.checkpoint import CheckpointError, load_checkpoint, load_model, save_model
 from vqnqs.stages.config import DistillConfig, check_bits
 from vqnqs.stages.distill import METRICS_KEYS, Distiller
 from vqnqs.stages.inputs import load_teacher, system_info
-from vqnqs.vmc.step import TrainingError
+from vqnqs.vmc.checkpoint import CheckpointError, load_checkpoint, load_model, save_model
 from vqnqs.vmc.local_energy import local_energy
+from vqnqs.vmc.step import TrainingError
 
 TINY_DISTILL = {
     "steps": 30,
@@ -184,7 +184,9 @@ def test_dense_and_dedup_local_energies_agree_on_the_student(tmp_path, chain, te
 def test_a_dedup_engine_that_disagrees_is_caught(tmp_path, chain, teacher_dir, monkeypatch):
     real = dedup_module.dedup_log_psi
     monkeypatch.setattr(
-        dedup_module, "dedup_log_psi", lambda model, s, prefix_reuse=True: real(model, s, prefix_reuse=prefix_reuse) + 1e-3 * s[:, 0]
+        dedup_module,
+        "dedup_log_psi",
+        lambda model, s, prefix_reuse=True: real(model, s, prefix_reuse=prefix_reuse) + 1e-3 * s[:, 0],
     )
     d = distiller(tmp_path, chain, teacher_dir, steps=2)
     with pytest.raises(TrainingError, match="dense and dedup"):

@@ -8,9 +8,9 @@ import pytest
 from vqnqs.cli import main
 from vqnqs.io import InputError as ProfileInputError
 from vqnqs.profiling.table import COMPONENT_COLUMNS, CONTRACT_COLUMNS, components_path
+from vqnqs.profiling.timing import time_local_energy
 from vqnqs.stages.config import ProfileConfig
 from vqnqs.stages.profile import run_profile_stage
-from vqnqs.profiling.timing import time_local_energy
 
 from ..profiling.conftest import tiny_vq
 

@@ -9,9 +9,9 @@ import torch
 
 import vqnqs.vmc.step as trainer_module
 from vqnqs.physics.hamiltonian import build_hamiltonian
-from vqnqs.vmc.checkpoint import load_checkpoint
 from vqnqs.stages.config import TrainConfig
 from vqnqs.stages.train import METRICS_KEYS, Trainer
+from vqnqs.vmc.checkpoint import load_checkpoint
 from vqnqs.vmc.step import TrainingError
 
 from ..vmc.conftest import TINY, tiny_config

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from vqnqs.vmc.checkpoint import CheckpointError, load_checkpoint, load_model, save_model
 from vqnqs.stages.train import Trainer
+from vqnqs.vmc.checkpoint import CheckpointError, load_checkpoint, load_model, save_model
 
 from .conftest import tiny_config
 

@@ -29,6 +29,7 @@ from vqnqs.physics.hamiltonian import Hamiltonian
 from vqnqs.vmc.config import Config, ScheduleConfig, VMCConfig
 
 DEVICES = ("auto", "cpu", "cuda")
+SEED_MAX = 2**63 - 2  # largest seed whose seed + 1 torch.Generator.manual_seed still takes
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -72,8 +73,9 @@ class RunConfig(Config):
     checkpoint_every: int = knob(100, minimum=1)
     # Fresh exact samples for the final energy estimate.
     eval_samples: int = knob(2**15, minimum=2, why=AT_LEAST_TWO)
-    # Seed of the parameter initialisation and of the samplers' random streams.
-    seed: int = knob(0, minimum=0)
+    # Seed of the parameter initialisation and of the samplers' random streams (torch takes 64 bits; the
+    # distiller's monitor stream uses seed + 1).
+    seed: int = knob(0, minimum=0, maximum=SEED_MAX)
     # 'auto' (CUDA when available) | 'cpu' | 'cuda'.
     device: str = knob("auto", choices=DEVICES)
     # torch CPU threads; None leaves torch's default.
@@ -231,7 +233,7 @@ class ProfileConfig(Config):
     warmup: int = knob(1, minimum=0)
     # Samples per local-energy chunk (None: the whole batch), as in local_energy(chunk_size=...).
     chunk_size: int | None = knob(None, minimum=1)
-    seed: int = knob(0, minimum=0)
+    seed: int = knob(0, minimum=0, maximum=SEED_MAX)
     # Count the dense path on this many samples per batch, scaled by the batch's connected configurations
     # (the dense cost per configuration is fixed, so this is exact for the network's ops); None: all.
     dense_samples: int | None = knob(None, minimum=1)

@@ -75,6 +75,7 @@ class Stage:
         self.step = 0
         self.wall_time_s = 0.0  # time of earlier invocations, restored on resume
         self.history: list[dict] = []
+        self.resumed = False  # resume() has looked at the out dir
 
     # --- what a stage supplies ---
 
@@ -210,20 +211,29 @@ class Stage:
                         tracker.flush()
         return self.step - first_step, time.perf_counter() - start
 
+    def resume(self) -> None:
+        """Continue from the out dir's checkpoint if there is one (once): a checkpoint that cannot be used is a
+        :class:`CheckpointError` here, before any work; a stale one is set aside, saying so."""
+        if self.resumed or not self.checkpoint_path.exists():
+            self.resumed = True
+            return
+        self.resumed = True
+        try:
+            self.restore()
+            print(
+                f"{self.name}: resuming from step {self.step} of {self.total_steps} ({self.checkpoint_path})",
+                file=sys.stderr,
+            )
+        except StaleCheckpoint as stale:  # the pipeline reran this stage because its settings changed
+            print(f"{self.name}: {stale}; starting afresh", file=sys.stderr)
+
     def run(self, tracker: Run | None = None, resume: bool = True, progress: bool | None = None) -> dict:
-        """Resume if a checkpoint is there, run to ``total_steps``, evaluate, write the outputs.
+        """Resume (unless ``resume`` is false), run to ``total_steps``, evaluate, write the outputs.
 
         ``progress``: show the tqdm bar (None: only on a terminal). Returns the metrics of metrics.json.
         """
-        if resume and self.checkpoint_path.exists():
-            try:
-                self.restore()
-                print(
-                    f"{self.name}: resuming from step {self.step} of {self.total_steps} ({self.checkpoint_path})",
-                    file=sys.stderr,
-                )
-            except StaleCheckpoint as stale:  # the pipeline reran this stage because its settings changed
-                print(f"{self.name}: {stale}; starting afresh", file=sys.stderr)
+        if resume:
+            self.resume()
         steps_run, seconds = self.loop(tracker, progress)
 
         eval_start = time.perf_counter()

@@ -50,8 +50,9 @@ def load_reference(path: str | Path, hamiltonian: Hamiltonian) -> float:
         if record.get(key) != value:
             raise InputError(f"reference {path}: {key} is {record.get(key)!r}, the trained system has {value!r}")
     energy = finite_number(record, "energy_per_site")
-    if energy is None:
-        raise InputError(f"reference {path}: energy_per_site {record.get('energy_per_site')!r} is not a finite number")
+    if energy is None or energy == 0:
+        found = record.get("energy_per_site")
+        raise InputError(f"reference {path}: energy_per_site {found!r} is not a finite nonzero number")
     return energy
 
 

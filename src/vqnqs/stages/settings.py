@@ -17,6 +17,7 @@ from typing import Any
 
 from vqnqs.config import load_params, run_settings
 from vqnqs.physics.hamiltonian import Hamiltonian, build_hamiltonian
+from vqnqs.stages.config import resolve_device
 from vqnqs.tracking import Run
 
 SYSTEM_KEYS = ("system", "size", "boundary", "gamma", "J", "sign_rule")
@@ -68,10 +69,10 @@ def stage_config(cls: type, params: dict, settings: dict, overrides: list[tuple[
     a bad value is a :class:`UsageError` naming the section and the key."""
     section = cls.section
     merged = {**(params.get(section) or {}), **(settings.get(section) or {}), **dict(overrides)}
-    try:
-        return cls.from_mapping(merged)
-    except ValueError as err:
-        raise UsageError(f"{section} settings: {err}") from err
+    with refused_as(f"{section} settings"):
+        config = cls.from_mapping(merged)
+        resolve_device(config.device)  # a device that is not there is refused now, before any work
+    return config
 
 
 def stage_setup(args: argparse.Namespace, cls: type) -> tuple[dict, dict, Hamiltonian, Any]:
