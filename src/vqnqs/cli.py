@@ -179,9 +179,33 @@ def stage_parser(subparsers: argparse._SubParsersAction, config: type, handler: 
 
 
 def add_out_dir(parser: argparse.ArgumentParser) -> None:
-    """``--out-dir`` of a step-wise stage, and ``--fresh`` to ignore the checkpoint there."""
+    """``--out-dir`` of a step-wise stage, and what to do with a checkpoint found there."""
     parser.add_argument("--out-dir", required=True, type=Path, help="output directory (checkpoint, metrics, model)")
-    parser.add_argument("--fresh", action="store_true", help="start from step 0 even if --out-dir holds a checkpoint")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start from step 0; a checkpoint in --out-dir is kept as checkpoint.N.pt",
+    )
+    parser.add_argument(
+        "--on-change",
+        choices=("refuse", "restart"),
+        default="refuse",
+        help=(
+            "a checkpoint in --out-dir written with other settings: refuse, naming the setting (default), or set "
+            "it aside and restart (what the pipelines pass). A checkpoint with the same settings is resumed; "
+            "steps (distill: finetune_steps) may grow: the run goes on from the checkpoint, at the final "
+            "learning rate past the end of its original schedule"
+        ),
+    )
+
+
+def start(stage, args: argparse.Namespace) -> None:
+    """Before the MLflow run: set the old checkpoint aside (--fresh) or resume (refused now if unusable)."""
+    if args.fresh:
+        stage.set_aside()
+        stage.resumed = True
+    else:
+        stage.resume(on_change=args.on_change)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -280,8 +304,7 @@ def run_train(args: argparse.Namespace) -> None:
     reference = load_reference(args.reference, hamiltonian)
     check_writable_dir(args.out_dir)
     trainer = Trainer(hamiltonian, config, args.out_dir, reference)
-    if not args.fresh:
-        trainer.resume()  # a checkpoint that cannot be used is refused here, before the MLflow run
+    start(trainer, args)
     used = {"train": config.to_dict(), "reference": str(args.reference)}
     with open_run("train", settings, params, args.run, used) as run:
         metrics = trainer.run(run, resume=False)
@@ -322,8 +345,7 @@ def run_distill(args: argparse.Namespace) -> None:
         )
     check_writable_dir(args.out_dir)
     distiller = Distiller(hamiltonian, teacher, config, args.bits, args.out_dir, reference)
-    if not args.fresh:
-        distiller.resume()  # a checkpoint that cannot be used is refused here, before the MLflow run
+    start(distiller, args)
     used = {
         "distill": config.to_dict(),
         "bits": args.bits,

@@ -22,4 +22,4 @@ rule distill:
     shell:
         "vqnqs distill --params {PARAMS} --run {wildcards.run} --teacher data/train/{wildcards.run}"
         " --bits {wildcards.bits} --reference {input.reference}"
-        " --out-dir data/distill/{wildcards.run}/bits{wildcards.bits} > {log} 2>&1"
+        " --out-dir data/distill/{wildcards.run}/bits{wildcards.bits} --on-change restart > {log} 2>&1"

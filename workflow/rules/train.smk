@@ -20,4 +20,4 @@ rule train:
         "logs/train/{run}.benchmark.tsv",  # wall time, CPU time and peak memory of the job
     shell:
         "vqnqs train --params {PARAMS} --run {wildcards.run} --reference {input.reference}"
-        " --out-dir data/train/{wildcards.run} > {log} 2>&1"
+        " --out-dir data/train/{wildcards.run} --on-change restart > {log} 2>&1"

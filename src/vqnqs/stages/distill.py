@@ -126,6 +126,10 @@ class Distiller(Stage):
 
     # --- state ---
 
+    def extendable(self, stored: dict) -> tuple[str, ...]:
+        """More fine-tuning updates; more fit steps only where neither run fine-tunes."""
+        return ("finetune_steps",) if stored.get("finetune_steps") or self.config.finetune_steps else ("steps",)
+
     def identity(self) -> dict:
         return {"bits": self.bits, "vq_config": vq_config_to_dict(self.vq_config)}
 
@@ -157,7 +161,7 @@ class Distiller(Stage):
 
     def fit_update(self) -> dict:
         config, step = self.config, self.step + 1
-        lr = config.lr_at(step)
+        lr = self.laid_out(config).lr_at(step)
         result = fit_step(
             self.student,
             self.teacher_model,
@@ -186,7 +190,8 @@ class Distiller(Stage):
     def finetune_update(self) -> dict:
         step = self.step + 1
         self.student.train()  # straight-through derivatives of the codes (eq. 8)
-        vmc = (self.student, self.hamiltonian, self.vmc_optimizer, self.generator, self.finetune, step)
+        finetune = self.laid_out(self.finetune, "finetune_steps")
+        vmc = (self.student, self.hamiltonian, self.vmc_optimizer, self.generator, finetune, step)
         result = vmc_step(*vmc, chunk_size=self.config.chunk_size, engine="dedup", offset=self.config.steps)
         self.step = step
         energy = energy_metrics(result.stats, self.hamiltonian.n_sites, self.reference)

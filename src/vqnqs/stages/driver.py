@@ -24,9 +24,12 @@ CUDA's) and the step, and the schedules are functions of the step alone.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import itertools
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -76,6 +79,7 @@ class Stage:
         self.wall_time_s = 0.0  # time of earlier invocations, restored on resume
         self.history: list[dict] = []
         self.resumed = False  # resume() has looked at the out dir
+        self.laid_for: dict[str, int] = {}  # extended knob -> the value its schedule was laid out for
 
     # --- what a stage supplies ---
 
@@ -95,6 +99,16 @@ class Stage:
 
     def load_state_dict(self, state: dict) -> None:
         raise NotImplementedError
+
+    def extendable(self, stored: dict) -> tuple[str, ...]:
+        """Knobs that may grow between a checkpoint (written with config ``stored``) and its resumption: the
+        run goes on from the checkpoint, its schedules as laid out for the stored value (see :meth:`laid_out`)."""
+        return ("steps",)
+
+    def laid_out(self, config: Any, knob: str = "steps") -> Any:
+        """``config`` with ``steps`` as the schedule was laid out for ``knob`` (its first value): past it, a run
+        extended on resume goes on at the final learning rate (the schedules are flat after their end)."""
+        return dataclasses.replace(config, steps=self.laid_for[knob]) if knob in self.laid_for else config
 
     def identity(self) -> dict:
         """Entries a resumed run must share with its checkpoint besides the config: ``{key: value}``."""
@@ -142,6 +156,7 @@ class Stage:
             # pipeline that deletes an interrupted stage's history.csv loses none of the curve.
             "history": [dict(row) for row in self.history],
             "rng": rng,
+            "laid_for": dict(self.laid_for),
             **self.identity(),
             **{key: value for key, (value, _) in self.stale_identity().items()},
             **self.state_dict(),
@@ -158,12 +173,17 @@ class Stage:
         state = load_checkpoint(path, map_location=self.device)
         if state.get("stage", "train") != self.name:
             raise CheckpointError(f"checkpoint {path}: not a {self.name} checkpoint (use another --out-dir)")
-        stored = state["train_config"]
+        stored, laid_for = state["train_config"], dict(state.get("laid_for", {}))
         for key, value in self.config.to_dict().items():
-            if key not in RESUME_MAY_CHANGE and stored.get(key) != value:
-                raise StaleCheckpoint(
-                    f"checkpoint {path}: written with {key}={stored.get(key)!r}, this run has {key}={value!r}"
-                )
+            if key in RESUME_MAY_CHANGE or stored.get(key) == value:
+                continue
+            if key in self.extendable(stored) and isinstance(value, int) and value > stored.get(key, value):
+                if stored[key] > 0:  # more steps: go on, the schedule as it was laid out
+                    laid_for.setdefault(key, stored[key])
+                continue
+            raise StaleCheckpoint(
+                f"checkpoint {path}: written with {key}={stored.get(key)!r}, this run has {key}={value!r}"
+            )
         expected = {**self.identity(), "system": system_info(self.hamiltonian), "device": self.device.type}
         for key, value in expected.items():
             if state.get(key) != value:
@@ -184,6 +204,7 @@ class Stage:
         self.step = state["step"]
         self.wall_time_s = state["wall_time_s"]
         self.history = [row for row in state.get("history", []) if int(row["step"]) <= self.step]
+        self.laid_for = laid_for
 
     # --- the run ---
 
@@ -211,21 +232,42 @@ class Stage:
                         tracker.flush()
         return self.step - first_step, time.perf_counter() - start
 
-    def resume(self) -> None:
-        """Continue from the out dir's checkpoint if there is one (once): a checkpoint that cannot be used is a
-        :class:`CheckpointError` here, before any work; a stale one is set aside, saying so."""
+    def set_aside(self) -> Path | None:
+        """Move the out dir's checkpoint to ``checkpoint.<n>.pt`` (the first free n; never overwritten)."""
+        if not self.checkpoint_path.exists():
+            return None
+        aside = next(
+            self.out_dir / f"checkpoint.{n}.pt"
+            for n in itertools.count(1)
+            if not (self.out_dir / f"checkpoint.{n}.pt").exists()
+        )
+        self.checkpoint_path.rename(aside)
+        return aside
+
+    def resume(self, on_change: str = "restart") -> None:
+        """Continue from the out dir's checkpoint if there is one (once). A checkpoint that cannot be used is a
+        :class:`CheckpointError` here, before any work. One written with other settings (only ``steps`` may
+        grow) is, by ``on_change``: ``"restart"``, set aside (:meth:`set_aside`) and the run starts afresh,
+        saying so (the pipelines rerun a stage when its params changed); ``"refuse"``, a ``CheckpointError``
+        naming the setting (``vqnqs`` at the command line: ``--fresh`` starts afresh)."""
         if self.resumed or not self.checkpoint_path.exists():
             self.resumed = True
             return
         self.resumed = True
         try:
             self.restore()
-            print(
-                f"{self.name}: resuming from step {self.step} of {self.total_steps} ({self.checkpoint_path})",
-                file=sys.stderr,
+        except StaleCheckpoint as stale:
+            if on_change == "refuse":
+                raise CheckpointError(f"{stale}; --fresh starts afresh (the checkpoint is kept aside)") from stale
+            print(f"{self.name}: {stale}; starting afresh (the old one is kept as {self.set_aside()})", file=sys.stderr)
+            return
+        if self.step > self.total_steps:
+            raise CheckpointError(
+                f"checkpoint {self.checkpoint_path}: at step {self.step}, past this run's {self.total_steps}; "
+                "--fresh starts afresh (the checkpoint is kept aside)"
             )
-        except StaleCheckpoint as stale:  # the pipeline reran this stage because its settings changed
-            print(f"{self.name}: {stale}; starting afresh", file=sys.stderr)
+        where = f"step {self.step} of {self.total_steps}"
+        print(f"{self.name}: resuming from {where} ({self.checkpoint_path})", file=sys.stderr)
 
     def run(self, tracker: Run | None = None, resume: bool = True, progress: bool | None = None) -> dict:
         """Resume (unless ``resume`` is false), run to ``total_steps``, evaluate, write the outputs.
@@ -247,7 +289,7 @@ class Stage:
                 "steps": self.step,
                 "wall_time_s": self.wall_time_s,
                 "eval_time_s": eval_time,
-                "seconds_per_step": seconds / steps_run if steps_run else None,
+                "seconds_per_step": seconds / steps_run if steps_run else mean_step_seconds(self.history),
                 "device": self.device.type,
                 "threads": torch.get_num_threads(),
                 **self.summary(metrics),
@@ -263,6 +305,11 @@ class Stage:
             for name in (METRICS_FILE, HISTORY_FILE, CHECKPOINT_FILE, MODEL_FILE):
                 tracker.log_artifact(self.out_dir / name)
         return metrics
+
+
+def mean_step_seconds(rows: list[dict]) -> float | None:
+    """Mean seconds per step of a history (its ``time_s`` runs on over resumed invocations)."""
+    return float(rows[-1]["time_s"]) / len(rows) if rows and rows[-1].get("time_s") not in (None, "") else None
 
 
 def mean_of(rows: list[dict], key: str) -> float | None:

@@ -73,7 +73,7 @@ class Trainer(Stage):
         """Sample, estimate the energy, update the parameters once; returns the history row of this step."""
         config, step = self.config, self.step + 1
         start = time.perf_counter()
-        vmc = (self.model, self.hamiltonian, self.optimizer, self.generator, config, step)
+        vmc = (self.model, self.hamiltonian, self.optimizer, self.generator, self.laid_out(config), step)
         result = vmc_step(*vmc, chunk_size=config.chunk_size, engine=config.engine)
         self.step = step
         elapsed = time.perf_counter() - start
