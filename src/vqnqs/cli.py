@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -33,7 +34,7 @@ from vqnqs.stages.settings import (
     stage_config,
     stage_setup,
 )
-from vqnqs.tracking import TrackingError
+from vqnqs.tracking import Terminated, TrackingError
 from vqnqs.vmc.step import TrainingError
 
 
@@ -306,7 +307,7 @@ def run_train(args: argparse.Namespace) -> None:
     trainer = Trainer(hamiltonian, config, args.out_dir, reference)
     start(trainer, args)
     used = {"train": config.to_dict(), "reference": str(args.reference)}
-    with open_run("train", settings, params, args.run, used) as run:
+    with open_run("train", settings, params, args.run, used, trainer) as run:
         metrics = trainer.run(run, resume=False)
     print(energy_line(f"{settings['system']} {settings['size']}", metrics, args.out_dir))
 
@@ -353,7 +354,7 @@ def run_distill(args: argparse.Namespace) -> None:
         "teacher_digest": teacher.digest,
         "reference": str(args.reference) if args.reference is not None else "teacher metrics.json",
     }
-    with open_run("distill", settings, params, args.run, used, bits=args.bits) as run:
+    with open_run("distill", settings, params, args.run, used, distiller, bits=args.bits) as run:
         metrics = distiller.run(run, resume=False)
     teacher_rel = metrics["teacher_rel_error"]
     extra = f"teacher {'n/a' if teacher_rel is None else f'{teacher_rel:.2e}'}, fidelity {metrics['fidelity']:.6f}"
@@ -447,17 +448,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends a stage as SIGINT does (MLflow: KILLED)
     try:
         args.handler(args)
+    except (KeyboardInterrupt, Terminated) as stop:
+        what = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
+        print(f"vqnqs {args.stage}: {what}; the last checkpoint is kept, a rerun resumes from it", file=sys.stderr)
+        return 130 if isinstance(stop, KeyboardInterrupt) else 143
     except (UsageError, ParamsError, ValueError, OutputError) as err:
         print(f"vqnqs {args.stage}: error: {err}", file=sys.stderr)
         return 2
     except (TrainingError, TrackingError) as err:
         print(f"vqnqs {args.stage}: error: {err}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -6,8 +6,13 @@
 - Experiment: the params file's ``experiment`` key, else ``vqnqs-default``.
 - Run tags: ``stage``, ``system``, ``size``, ``bits`` (where given), ``git_commit`` (where git answers),
   ``params_hash`` (sha256 of the canonical JSON of the params the stage used).
-- Per-step metrics are buffered and sent with ``log_batch`` (at most 1000 per call, MLflow's limit), so a
-  long run writes to SQLite every few hundred steps rather than at every step.
+- Per-step metrics are buffered and sent with ``log_batch`` (at most 1000 per call, MLflow's limit) when the
+  stage flushes, which it does right after each checkpoint: the run's curve is the checkpointed one. A run
+  that ends on an exception drops what came after the last flush, so a resumed stage, which redoes those
+  steps, logs each step once (and first sends the checkpointed steps a kill kept from the store).
+- A resumed stage continues its own run (the run id travels with the checkpoint: ``Run(run_id=...)``); a
+  stage that sets a checkpoint aside ends that checkpoint's run as KILLED if it was left RUNNING (a
+  SIGKILL leaves it so). SIGINT and SIGTERM end a run as KILLED.
 
 Concurrent stages (``snakemake --cores N``) share one SQLite file. SQLite serialises single writes, but
 MLflow's first use of a fresh file runs schema migrations and get-or-create of the experiment, which race
@@ -111,10 +116,26 @@ def _quiet_mlflow() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-class Run:
-    """An open MLflow run. Use as a context manager: the run ends FINISHED, or FAILED / KILLED on an exception."""
+class Terminated(BaseException):
+    """SIGTERM arrived (raised by the handler ``vqnqs`` installs): the run ends KILLED, like on SIGINT."""
 
-    def __init__(self, stage: str, params: dict, tags: dict[str, Any], experiment: str | None = None) -> None:
+
+class Run:
+    """An open MLflow run. Use as a context manager: the run ends FINISHED, or FAILED / KILLED on an exception.
+
+    ``run_id``: continue that run (a resumed stage's) if the store holds it, else start a new one;
+    ``orphan_id``: a run to end as KILLED if it is still RUNNING (the run of a checkpoint set aside).
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        params: dict,
+        tags: dict[str, Any],
+        experiment: str | None = None,
+        run_id: str | None = None,
+        orphan_id: str | None = None,
+    ) -> None:
         from mlflow.tracking import MlflowClient
 
         _quiet_mlflow()
@@ -125,9 +146,34 @@ class Run:
         try:
             with store_lock(self.uri):
                 self._client = MlflowClient(tracking_uri=self.uri)
-                self.run_id = self._create_run(stage, params, tags)
+                self._end_if_running(orphan_id)
+                self.run_id = self._reopen(run_id) or self._create_run(stage, params, tags)
         except Exception as err:
             raise TrackingError(f"MLflow tracking store {self.uri}: cannot open or write ({err})") from err
+
+    def _find(self, run_id: str | None):
+        """The run ``run_id`` of this store, or None (absent, deleted, or no id)."""
+        from mlflow.exceptions import MlflowException
+
+        if run_id is None:
+            return None
+        try:
+            run = self._client.get_run(run_id)
+        except MlflowException:
+            return None
+        return run if run.info.lifecycle_stage == "active" else None
+
+    def _end_if_running(self, run_id: str | None) -> None:
+        run = self._find(run_id)
+        if run is not None and run.info.status == "RUNNING":
+            self._client.set_terminated(run_id, status="KILLED")
+
+    def _reopen(self, run_id: str | None) -> str | None:
+        """Mark ``run_id`` RUNNING again and return it, if this store holds it."""
+        if self._find(run_id) is None:
+            return None
+        self._client.update_run(run_id, status="RUNNING")
+        return run_id
 
     def _create_run(self, stage: str, params: dict, tags: dict[str, Any]) -> str:
         """Get or create the experiment, create the run, log its params; returns the run id."""
@@ -149,16 +195,20 @@ class Run:
             self._client.log_batch(run_id, params=flat[start : start + MAX_PARAMS])
         return run_id
 
+    def last_step(self, key: str) -> int:
+        """The largest step at which metric ``key`` was logged in this run (0 if never)."""
+        with store_lock(self.uri):
+            history = self._client.get_metric_history(self.run_id, key)
+        return max((metric.step for metric in history), default=0)
+
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        """Queue metrics (NaN and None are skipped); they are sent by :meth:`flush` or when the queue is full."""
+        """Queue metrics (NaN and None are skipped); :meth:`flush` sends them."""
         from mlflow.entities import Metric
 
         timestamp = int(time.time() * 1000)
         for key, value in metrics.items():
             if value is not None and value == value:
                 self._pending.append(Metric(key, float(value), timestamp, step or 0))
-        if len(self._pending) >= MAX_BATCH:
-            self.flush()
 
     def flush(self) -> None:
         try:
@@ -180,9 +230,12 @@ class Run:
         return self
 
     def __exit__(self, kind: type | None, error: BaseException | None, traceback: TracebackType | None) -> None:
-        status = "FINISHED" if kind is None else "KILLED" if issubclass(kind, KeyboardInterrupt) else "FAILED"
+        killed = kind is not None and issubclass(kind, (KeyboardInterrupt, Terminated))
+        status = "FINISHED" if kind is None else "KILLED" if killed else "FAILED"
         try:
-            self.flush()  # the curve up to the failure is worth keeping
+            if kind is None:
+                self.flush()
+            # else: what came after the last flush (the last checkpoint) is redone, and logged, on resume
         finally:
             with store_lock(self.uri):
                 self._client.set_terminated(self.run_id, status=status)

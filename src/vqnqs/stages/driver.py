@@ -80,6 +80,8 @@ class Stage:
         self.history: list[dict] = []
         self.resumed = False  # resume() has looked at the out dir
         self.laid_for: dict[str, int] = {}  # extended knob -> the value its schedule was laid out for
+        self.run_id: str | None = None  # the MLflow run of this training (resumed: the checkpoint's)
+        self.orphan_id: str | None = None  # the MLflow run of a checkpoint set aside
 
     # --- what a stage supplies ---
 
@@ -157,6 +159,7 @@ class Stage:
             "history": [dict(row) for row in self.history],
             "rng": rng,
             "laid_for": dict(self.laid_for),
+            "mlflow_run_id": self.run_id,
             **self.identity(),
             **{key: value for key, (value, _) in self.stale_identity().items()},
             **self.state_dict(),
@@ -173,6 +176,7 @@ class Stage:
         state = load_checkpoint(path, map_location=self.device)
         if state.get("stage", "train") != self.name:
             raise CheckpointError(f"checkpoint {path}: not a {self.name} checkpoint (use another --out-dir)")
+        self.orphan_id = state.get("mlflow_run_id")  # until the checkpoint is taken on (below)
         stored, laid_for = state["train_config"], dict(state.get("laid_for", {}))
         for key, value in self.config.to_dict().items():
             if key in RESUME_MAY_CHANGE or stored.get(key) == value:
@@ -205,8 +209,21 @@ class Stage:
         self.wall_time_s = state["wall_time_s"]
         self.history = [row for row in state.get("history", []) if int(row["step"]) <= self.step]
         self.laid_for = laid_for
+        self.run_id, self.orphan_id = state.get("mlflow_run_id"), None
 
     # --- the run ---
+
+    def log_rows(self, tracker: Run, rows: list[dict]) -> None:
+        for row in rows:
+            tracker.log_metrics(
+                {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}, row["step"]
+            )
+
+    def log_missing_rows(self, tracker: Run) -> None:
+        """Send the checkpointed rows the run lacks: a kill between a checkpoint and its flush loses them."""
+        if self.history:
+            logged = tracker.last_step("lr")  # every row of every stage has its learning rate
+            self.log_rows(tracker, [row for row in self.history if int(row["step"]) > logged])
 
     def loop(self, tracker: Run | None, progress: bool | None) -> tuple[int, float]:
         """``update()`` until ``total_steps`` with history, MLflow, bar and checkpoints; (updates, seconds)."""
@@ -220,8 +237,7 @@ class Stage:
                 row = self.update()
                 self.history.append(row)
                 if tracker is not None:
-                    numbers = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
-                    tracker.log_metrics(numbers, step=row["step"])
+                    self.log_rows(tracker, [row])
                 bar.update(1)
                 bar.set_postfix_str(self.postfix(row))
                 self.wall_time_s += time.perf_counter() - tick
@@ -236,6 +252,11 @@ class Stage:
         """Move the out dir's checkpoint to ``checkpoint.<n>.pt`` (the first free n; never overwritten)."""
         if not self.checkpoint_path.exists():
             return None
+        if self.orphan_id is None:
+            try:
+                self.orphan_id = load_checkpoint(self.checkpoint_path).get("mlflow_run_id")
+            except CheckpointError:
+                pass  # an unreadable checkpoint names no run
         aside = next(
             self.out_dir / f"checkpoint.{n}.pt"
             for n in itertools.count(1)
@@ -276,6 +297,9 @@ class Stage:
         """
         if resume:
             self.resume()
+        if tracker is not None:
+            self.run_id = tracker.run_id
+            self.log_missing_rows(tracker)
         steps_run, seconds = self.loop(tracker, progress)
 
         eval_start = time.perf_counter()

@@ -90,8 +90,15 @@ def refused_as(argument: str) -> Iterator[None]:
         raise UsageError(f"{argument}: {err}") from err
 
 
-def open_run(stage: str, settings: dict, params: dict, run: str | None, used: dict, **tags: Any) -> Run:
-    """The stage's MLflow run: ``used`` as its params (with the system), tags naming the system and run."""
+def open_run(
+    stage: str, settings: dict, params: dict, run: str | None, used: dict, driver: Any = None, **tags: Any
+) -> Run:
+    """The stage's MLflow run: ``used`` as its params (with the system), tags naming the system and run.
+
+    With a step-wise stage's ``driver`` (:class:`~vqnqs.stages.driver.Stage`, after its ``resume``): the run
+    of the checkpoint it resumed is continued, that of a checkpoint it set aside ended if left RUNNING.
+    """
     system = {key: settings.get(key) for key in SYSTEM_KEYS}
     labels = {"system": settings["system"], "size": settings["size"], "boundary": settings["boundary"], "run": run}
-    return Run(stage, {"system": system, **used}, {**labels, **tags}, experiment=params.get("experiment"))
+    ids = {"run_id": driver.run_id, "orphan_id": driver.orphan_id} if driver is not None else {}
+    return Run(stage, {"system": system, **used}, {**labels, **tags}, experiment=params.get("experiment"), **ids)
