@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from vqnqs.config import DEFAULT_PARAMS_PATH, ParamsError, load_params, load_yaml
+from vqnqs.config import DEFAULT_PARAMS_PATH, ParamsError, load_params, load_yaml, yaml_problem
 from vqnqs.io import OutputError, check_writable_dir, write_json
 from vqnqs.knobs import knob_defaults
 from vqnqs.physics.hamiltonian import SYSTEMS
@@ -286,7 +286,9 @@ def set_argument(text: str) -> tuple[str, object]:
     try:
         return key.strip(), load_yaml(value)
     except yaml.YAMLError as err:
-        raise argparse.ArgumentTypeError(f"{key.strip()}: value {value!r} is not valid YAML") from err
+        raise argparse.ArgumentTypeError(
+            f"{key.strip()}: value {value!r} is not valid YAML ({yaml_problem(err)})"
+        ) from err
 
 
 def add_train(subparsers: argparse._SubParsersAction) -> None:

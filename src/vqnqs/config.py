@@ -53,7 +53,18 @@ def _check_finite(value: Any, parts: tuple = ()) -> None:
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading ``1e-3`` (an exponent without a dot: YAML 1.1 text) as a float."""
+    """PyYAML's safe loader, reading ``1e-3`` (an exponent without a dot: YAML 1.1 text) as a float, and
+    refusing a mapping that repeats a key (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} on line {line}")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -68,9 +79,16 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: the problem and where (PyYAML's own message spans several lines)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem}, line {mark.line + 1} column {mark.column + 1}" if mark else problem
+
+
 def _check_sections(params: dict, source: str) -> None:
     """Build each stage section's config (global and per run): the knob checks of ``--set`` too."""
-    from vqnqs.stages.config import STAGE_CONFIGS  # local: torch is imported only when params are checked
+    from vqnqs.stages.config import STAGE_CONFIGS, DistillConfig  # local: torch loads only when params are checked
 
     places = [((), params)] + [(("systems", run), entry) for run, entry in params["systems"].items()]
     for parts, node in places:
@@ -80,6 +98,13 @@ def _check_sections(params: dict, source: str) -> None:
                     config.from_mapping(node[config.section])
                 except ValueError as err:
                     raise ParamsError(f"{source}: {_key_path((*parts, config.section))}: {err}") from err
+    for run, entry in params["systems"].items():  # every bandwidth must give a quantiser for every run
+        distill = DistillConfig.from_mapping({**params["distill"], **entry.get("distill", {})})
+        for bits in params["bits"]:
+            try:
+                distill.vq_config(bits)
+            except ValueError as err:
+                raise ParamsError(f"{source}: bits: {err} (systems.{run})") from err
 
 
 def validate_params(params: Any, source: str = "params") -> dict:
@@ -98,13 +123,17 @@ def validate_params(params: Any, source: str = "params") -> dict:
 def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> dict:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"params {path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
     except OSError as err:
         raise ParamsError(f"params {path}: cannot read ({err.strerror or err})") from err
     try:
         params = load_yaml(text)
     except yaml.YAMLError as err:
-        raise ParamsError(f"params {path}: not valid YAML ({err})") from err
+        raise ParamsError(f"params {path}: not valid YAML ({yaml_problem(err)})") from err
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"params {path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
     return validate_params(params, str(path))
 
 

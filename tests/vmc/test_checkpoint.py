@@ -83,7 +83,10 @@ class NotAllowed:
         (lambda t: {"format": "vqnqs-model", "version": 1}, "not a vqnqs-checkpoint"),
         (lambda t: {"format": "vqnqs-checkpoint", "version": 1, "step": 1}, "missing entry 'wall_time_s'"),
         (lambda t: {"format": "vqnqs-checkpoint", "version": 99}, "layout version 99"),
-        (lambda t: {"format": "vqnqs-checkpoint", "payload": NotAllowed()}, "unreadable"),
+        (
+            lambda t: {"format": "vqnqs-checkpoint", "payload": NotAllowed()},
+            "not a vqnqs checkpoint, refused for safety",
+        ),
     ],
 )
 def test_foreign_files(saved, content, message):
@@ -92,6 +95,23 @@ def test_foreign_files(saved, content, message):
     with pytest.raises(CheckpointError, match=message) as info:
         load_checkpoint(path)
     assert str(path) in str(info.value)
+
+
+class RunsCode:
+    """Unpickling it would call a function (a hostile checkpoint)."""
+
+    def __reduce__(self):
+        return (print, ("hostile code ran",))
+
+
+def test_hostile_checkpoint_is_refused_without_running_code(saved, capsys):
+    path = saved.checkpoint_path
+    torch.save({"format": "vqnqs-checkpoint", "payload": RunsCode()}, path)
+    with pytest.raises(CheckpointError, match="refused for safety") as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "weights_only" not in message and "\x1b" not in message and "\n" not in message
+    assert "hostile code ran" not in capsys.readouterr().out
 
 
 def test_model_file_round_trip(tmp_path, saved):

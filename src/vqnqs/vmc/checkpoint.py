@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,11 @@ def _load(path: str | os.PathLike, file_format: str, fields: dict, map_location:
         raise CheckpointError(f"{what} {path}: file not found")
     try:
         record = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated zip, flipped bytes, pickled code refused by weights_only, ...
+    except pickle.UnpicklingError as err:  # weights_only met something other than tensors and plain values
+        raise CheckpointError(
+            f"{what} {path}: not a vqnqs {what}, refused for safety (it holds Python objects that would run code)"
+        ) from err
+    except Exception as err:  # truncated zip, flipped bytes, ...
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{what} {path}: unreadable (truncated or corrupted?): {reason}") from err
     if not isinstance(record, dict) or record.get("format") != file_format:
