@@ -35,6 +35,7 @@ from vqnqs.stages.settings import (
     stage_setup,
 )
 from vqnqs.tracking import Terminated, TrackingError
+from vqnqs.vmc.local_energy import check_chunk_fits
 from vqnqs.vmc.step import TrainingError
 
 
@@ -386,6 +387,8 @@ def run_profile(args: argparse.Namespace) -> None:
         settings, params = system_from_info(info, str(path)), {}
     hamiltonian = hamiltonian_from(settings)
     config = stage_config(ProfileConfig, params, settings, args.overrides)
+    with refused_as("profiling settings"):
+        check_chunk_fits(hamiltonian, config.chunk_size or config.batch)
     reference = load_reference(args.reference, hamiltonian) if args.reference is not None else None
     student, _, _ = load_trained(args.model_dir, "model", vq=True, hamiltonian=hamiltonian)
     load_trained(args.baseline, "baseline", vq=False, hamiltonian=hamiltonian)

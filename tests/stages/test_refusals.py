@@ -36,6 +36,13 @@ def train(world, *extra, out="out"):
             "--out-dir", str(world / out), *SMALL, *extra]  # fmt: skip
 
 
+def params_run(world, content):
+    path = world / "inputs" / "bad.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return ["train", "--params", str(path), "--run", "x", "--reference", str(world / "inputs/ref.json"),
+            "--out-dir", str(world / "out")]  # fmt: skip
+
+
 CASES = {
     "device": (lambda w: train(w, "--set", "device=cuda"), "device 'cuda'"),
     "seed_text": (lambda w: train(w, "--set", "seed=2**70"), "seed '2**70'"),
@@ -73,6 +80,23 @@ CASES = {
         ],  # fmt: skip
         "models/model.pt",
     ),
+    "size_guard": (
+        lambda w: [
+            "train",
+            "--system",
+            "tfim",
+            "--size",
+            "1000000",
+            "--reference",
+            str(w / "inputs/ref.json"),
+            "--out-dir",
+            str(w / "out"),
+        ],  # fmt: skip
+        "chunk_size=1024",
+    ),
+    "duplicate_key": (lambda w: params_run(w, "experiment: a\nexperiment: b\n"), "duplicate key 'experiment'"),
+    "yaml_syntax": (lambda w: params_run(w, "systems: [1\n"), "bad.yaml: not valid YAML"),
+    "not_utf8": (lambda w: params_run(w, b"\xff\xfe"), "bad.yaml: not UTF-8"),
     "reference_without_a_route": (
         lambda w: [
             "reference",
@@ -97,9 +121,10 @@ def test_refused_before_any_work(world, capsys, name):
     if name == "device" and torch.cuda.is_available():
         pytest.skip("a CUDA device is there")
     argv, message = CASES[name]
+    argv = argv(world)
     before = sorted(p.relative_to(world) for p in world.rglob("*"))
     capsys.readouterr()
-    assert main(argv(world)) == 2
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err, err
     assert "Traceback" not in err

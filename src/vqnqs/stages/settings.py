@@ -19,6 +19,7 @@ from vqnqs.config import load_params, run_settings
 from vqnqs.physics.hamiltonian import Hamiltonian, build_hamiltonian
 from vqnqs.stages.config import resolve_device
 from vqnqs.tracking import Run
+from vqnqs.vmc.local_energy import check_chunk_fits
 
 SYSTEM_KEYS = ("system", "size", "boundary", "gamma", "J", "sign_rule")
 
@@ -78,7 +79,11 @@ def stage_config(cls: type, params: dict, settings: dict, overrides: list[tuple[
 def stage_setup(args: argparse.Namespace, cls: type) -> tuple[dict, dict, Hamiltonian, Any]:
     """``(system settings, params, Hamiltonian, config of class cls)`` of a stage's command line."""
     settings, params = resolve_system(args)
-    return settings, params, hamiltonian_from(settings), stage_config(cls, params, settings, args.overrides)
+    hamiltonian = hamiltonian_from(settings)
+    config = stage_config(cls, params, settings, args.overrides)
+    with refused_as(f"{cls.section} settings"):  # the memory of one local-energy chunk, before any work
+        check_chunk_fits(hamiltonian, config.chunk_size or config.batch)
+    return settings, params, hamiltonian, config
 
 
 @contextlib.contextmanager

@@ -26,6 +26,26 @@ from vqnqs.vmc.log_psi import make_log_psi
 LogPsiFn = Callable[[torch.Tensor], torch.Tensor]
 
 
+# Bytes per connected configuration and site while a chunk is evaluated: the int64 configurations, their
+# valid subset, and the network's input tokens and one-hot patches (a lower bound on the dense forward's).
+BYTES_PER_CONFIG_SITE = 32
+
+
+def check_chunk_fits(hamiltonian: Hamiltonian, chunk_size: int, memory_fraction: float = 0.5) -> None:
+    """``ValueError`` naming the size and ``chunk_size``, before any work, when the connected configurations
+    of one chunk of samples (``chunk_size x max_connections x N``) cannot fit in the allowed memory."""
+    from vqnqs.physics.exact import available_memory_bytes
+
+    need = chunk_size * hamiltonian.max_connections * hamiltonian.n_sites * BYTES_PER_CONFIG_SITE
+    have = memory_fraction * available_memory_bytes()
+    if need > have:
+        raise ValueError(
+            f"size {hamiltonian.lattice.size}: a local-energy chunk of chunk_size={chunk_size} samples holds "
+            f"{chunk_size} x {hamiltonian.max_connections} connected configurations of {hamiltonian.n_sites} spins "
+            f"(~{need / 2**30:.3g} GiB), more than the {have / 2**30:.3g} GiB allowed here: lower chunk_size"
+        )
+
+
 def local_energy(
     hamiltonian: Hamiltonian,
     log_psi: LogPsiFn | AutoregressiveTransformer,

@@ -18,7 +18,8 @@ Fit step (distillation)::
     VQ:    codebook upkeep on s (data init on the first step, dead-code re-seeding, usage)
     loss   = mean_s |log psi_student(s) - log psi_teacher(s)|^2,   θ <- Adam(θ, d loss / dθ, η)
 
-Both raise :class:`TrainingError` naming the step on NaN/Inf, before the parameters change.
+Both raise :class:`TrainingError` naming the step on NaN/Inf, before the parameters change; the VMC step also
+when every sample is the same configuration (a collapsed state: SR would divide by a zero variance).
 """
 
 from __future__ import annotations
@@ -88,6 +89,11 @@ def vmc_step(
     # Exact samples repeat, the more so the closer psi gets to the ground state: evaluate each distinct
     # configuration once, weighted by its frequency. Every estimate below is that of the full batch.
     distinct, counts = torch.unique(samples, dim=0, return_counts=True)  # (U, N), (U,)
+    if len(distinct) == 1:  # every estimate below would be of one configuration: no variance, no direction
+        raise TrainingError(
+            f"step {step}: all {n_samples} samples are one configuration: the state collapsed (lower lr, or raise "
+            "diag_shift)"
+        )
     weights = counts.to(torch.float64) / n_samples
     log_psi = make_log_psi(model, engine)
     eloc_start = time.perf_counter()
