@@ -336,14 +336,13 @@ def run_distill(args: argparse.Namespace) -> None:
     settings, params, hamiltonian, config = stage_setup(args, DistillConfig)
     with refused_as("argument --bits"):
         config.vq_config(args.bits)
+    reference = load_reference(args.reference, hamiltonian) if args.reference is not None else None
     teacher = load_teacher(args.teacher, hamiltonian)  # CheckpointError naming the file
     with refused_as("distill settings"):
         student = config.student_config(teacher.model.config)
     with refused_as("argument --bits"):
         check_bits(args.bits, config.codes, student.d_model)
-    if args.reference is not None:
-        reference = load_reference(args.reference, hamiltonian)
-    elif (reference := finite_number(teacher.metrics, "reference_per_site")) is None:
+    if reference is None and (reference := finite_number(teacher.metrics, "reference_per_site")) is None:
         raise UsageError(
             f"argument --reference: required ({teacher.path.parent}/metrics.json has no reference_per_site)"
         )
@@ -423,7 +422,7 @@ def run_report(args: argparse.Namespace) -> None:
 
     params = load_params(args.params)
     inputs = inputs_from_params(params, args.data_dir)
-    inputs.check()  # every input present before any work
+    inputs.check(params)  # every input present, every reference of its run's Hamiltonian, before any work
     check_writable_dir(args.out_dir)
     with Run("report", params, {"run": "all"}, experiment=params.get("experiment")) as run:
         report = write_report(params, inputs, args.out_dir)

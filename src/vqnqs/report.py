@@ -73,11 +73,14 @@ class ReportInputs:
                 ]
         return files
 
-    def check(self) -> None:
-        """Fail before any work, naming the first missing file."""
+    def check(self, params: dict | None = None) -> None:
+        """Fail before any work, naming the first missing file (and, with ``params``, the first reference
+        that is not of its run's Hamiltonian)."""
         for path in self.all_files():
             if not path.is_file():
                 raise ReportInputError(f"{path}: missing (run the stages before the report)")
+        for run in self.runs if params is not None else ():
+            check_reference(read_json(self.reference(run)), params["systems"][run], self.reference(run))
 
 
 def inputs_from_params(params: dict, data_dir: str | Path = "data") -> ReportInputs:
@@ -92,6 +95,21 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 
 # --- tables ---------------------------------------------------------------------------------------
+
+
+def check_reference(record: dict, system: dict, path: Path) -> None:
+    """The reference must be of the params' Hamiltonian: system, size, boundary, Gamma (TFIM), J, sign rule."""
+    stored = record.get("hamiltonian") if isinstance(record.get("hamiltonian"), dict) else {}
+    expected = {"system": system["system"], "size": system["size"], "boundary": system.get("boundary", "open")}
+    found = {key: record.get(key) for key in expected}
+    expected["J"], found["J"] = float(system.get("J", 1.0)), stored.get("J")
+    if system["system"] == "tfim":
+        expected["gamma"], found["gamma"] = float(system.get("gamma", 1.0)), stored.get("gamma")
+    if system.get("sign_rule") is not None:
+        expected["sign_rule"], found["sign_rule"] = system["sign_rule"], stored.get("sign_rule")
+    for key, value in expected.items():
+        if found[key] != value:
+            raise ReportInputError(f"{path}: {key} is {found[key]!r}, the params' run has {value!r}")
 
 
 def collect_tables(inputs: ReportInputs, params: dict) -> dict[str, pd.DataFrame]:

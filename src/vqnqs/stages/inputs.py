@@ -40,7 +40,8 @@ def finite_number(record: dict, key: str) -> float | None:
 
 
 def load_reference(path: str | Path, hamiltonian: Hamiltonian) -> float:
-    """``energy_per_site`` of a reference JSON, checked to describe the same system, size and boundary."""
+    """``energy_per_site`` of a reference JSON, checked to describe the same Hamiltonian: system, size,
+    boundary and every coupling of its ``hamiltonian`` record (Gamma, J, sign rule, ...)."""
     try:
         record = read_json(path)
     except InputError as err:
@@ -49,6 +50,10 @@ def load_reference(path: str | Path, hamiltonian: Hamiltonian) -> float:
     for key, value in {"system": hamiltonian.system, "size": lattice.size, "boundary": lattice.boundary}.items():
         if record.get(key) != value:
             raise InputError(f"reference {path}: {key} is {record.get(key)!r}, the trained system has {value!r}")
+    stored = record.get("hamiltonian") if isinstance(record.get("hamiltonian"), dict) else {}
+    for key, value in hamiltonian.describe().items():
+        if stored.get(key) != value:
+            raise InputError(f"reference {path}: {key} is {stored.get(key)!r}, the trained system has {value!r}")
     energy = finite_number(record, "energy_per_site")
     if energy is None or energy == 0:
         found = record.get("energy_per_site")
