@@ -53,7 +53,7 @@ def size_argument(text: str) -> str:
     try:
         parse_size(text)
     except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err).removeprefix(f"size {text!r}: ")) from err
+        raise argparse.ArgumentTypeError(f"{text!r}: {str(err).removeprefix(f'size {text!r}: ')}") from err
     return text.strip()
 
 

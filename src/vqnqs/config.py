@@ -40,16 +40,16 @@ def _key_path(parts) -> str:
     return ".".join(str(p) for p in parts) or "<top level>"
 
 
-def _check_finite(value: Any, parts: tuple = ()) -> None:
+def _check_finite(value: Any, source: str, parts: tuple = ()) -> None:
     """JSON schema's ``number`` admits NaN and infinities (YAML ``.nan``, ``.inf``); we do not."""
     if isinstance(value, dict):
         for key, item in value.items():
-            _check_finite(item, (*parts, key))
+            _check_finite(item, source, (*parts, key))
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            _check_finite(item, (*parts, index))
+            _check_finite(item, source, (*parts, index))
     elif isinstance(value, float) and not math.isfinite(value):
-        raise ParamsError(f"{_key_path(parts)}: expected a finite number, got {value}")
+        raise ParamsError(f"{source}: {_key_path(parts)}: expected a finite number, got {value}")
 
 
 class _Loader(yaml.SafeLoader):
@@ -115,7 +115,7 @@ def validate_params(params: Any, source: str = "params") -> dict:
     if errors:
         error = errors[0]
         raise ParamsError(f"{source}: {_key_path(error.absolute_path)}: {error.message}")
-    _check_finite(params)
+    _check_finite(params, source)
     _check_sections(params, source)
     return params
 

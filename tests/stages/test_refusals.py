@@ -116,6 +116,116 @@ CASES = {
 }
 
 
+def with_set(setting: str, message: str, stage: str = "train"):
+    """A bad ``--set`` for ``stage`` (train by default)."""
+    if stage == "distill":
+        return (lambda w: distill(w, "--set", setting), message)
+    return (lambda w: train(w, "--set", setting), message)
+
+
+def distill(world, *extra):
+    return ["distill", "--system", "tfim", "--size", "8", "--teacher", str(world / "inputs/teacher"), "--bits", "6",
+            "--reference", str(world / "inputs/ref.json"), "--out-dir", str(world / "out"), *extra]  # fmt: skip
+
+
+CASES |= {
+    f"set_{setting}": with_set(setting, message)
+    for setting, message in [
+        ("stepz=3", "'stepz'"),
+        ("steps=0", "steps 0: must be positive"),
+        ("steps=2.5", "steps 2.5: expected int"),
+        ("steps=true", "steps True: expected int"),
+        ("lr=fast", "lr 'fast': expected float"),
+        ("lr=.nan", "lr nan: expected a finite number"),
+        ("lr=-1", "lr -1.0: must be positive"),
+        ("lr_final=-1", "lr_final -1.0"),
+        ("schedule=linear", "schedule 'linear'"),
+        ("warmup_steps=9", "warmup_steps 9"),
+        ("n_samples=1", "n_samples 1: need at least 2"),
+        ("optimizer=sgd", "optimizer 'sgd'"),
+        ("diag_shift=0", "diag_shift 0.0: must be positive"),
+        ("sr_momentum=1", "sr_momentum 1.0: must lie in [0, 1)"),
+        ("patch=3", "patch=3"),
+        ("d_model=0", "d_model 0"),
+        ("n_heads=3", "n_heads"),
+        ("n_blocks=-1", "n_blocks -1"),
+        ("dtype=float16", "dtype 'float16'"),
+        ("chunk_size=0", "chunk_size 0"),
+        ("eval_samples=1", "eval_samples 1: need at least 2"),
+        ("threads=0", "threads 0"),
+        ("dedup=maybe", "dedup 'maybe'"),
+        ("lr=[1", "not valid YAML"),
+        ("steps", "expected KEY=VALUE"),
+    ]
+}
+CASES |= {
+    "size_text": (lambda w: ["train", "--system", "tfim", "--size", "3x", "--reference", "r", "--out-dir", "o"], "3x"),
+    "gamma_nan": (lambda w: train(w, "--gamma", "nan"), "--gamma"),
+    "gamma_for_heisenberg": (
+        lambda w: [
+            "train",
+            "--system",
+            "heisenberg",
+            "--size",
+            "4",
+            "--gamma",
+            "2",
+            "--reference",
+            "r",
+            "--out-dir",
+            str(w / "out"),
+        ],  # fmt: skip
+        "only the tfim system",
+    ),
+    "missing_reference": (
+        lambda w: [
+            "train",
+            "--system",
+            "tfim",
+            "--size",
+            "8",
+            "--reference",
+            str(w / "nowhere.json"),
+            "--out-dir",
+            str(w / "out"),
+        ],  # fmt: skip
+        "nowhere.json: file not found",
+    ),
+    "no_such_run": (lambda w: ["train", "--run", "nope", "--reference", "r", "--out-dir", "o"], "nope"),
+    "distill_missing_teacher": (lambda w: distill(w), "teacher"),
+    "distill_bits": (lambda w: distill(w, "--set", "codes=48"), "codes 48"),
+    "profile_missing_dir": (
+        lambda w: [
+            "profile",
+            "--system",
+            "tfim",
+            "--size",
+            "8",
+            "--model-dir",
+            str(w / "nowhere"),
+            "--baseline",
+            str(w / "nowhere"),
+            "--out",
+            str(w / "out/p.csv"),
+        ],  # fmt: skip
+        "nowhere",
+    ),
+    "report_missing_inputs": (
+        lambda w: [
+            "report",
+            "--params",
+            "config/ci.yaml",
+            "--data-dir",
+            str(w / "nodata"),
+            "--out-dir",
+            str(w / "out"),
+        ],  # fmt: skip
+        "missing",
+    ),
+    "reference_bad_size": (lambda w: ["reference", "--system", "tfim", "--size", "0", "--out", "o.json"], "size"),
+}
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_refused_before_any_work(world, capsys, name):
     if name == "device" and torch.cuda.is_available():
@@ -124,7 +234,9 @@ def test_refused_before_any_work(world, capsys, name):
     argv = argv(world)
     before = sorted(p.relative_to(world) for p in world.rglob("*"))
     capsys.readouterr()
-    assert main(argv) == 2
+    with pytest.raises(SystemExit) as exit_info:  # argparse errors exit directly; the others return 2
+        raise SystemExit(main(argv))
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err, err
     assert "Traceback" not in err
