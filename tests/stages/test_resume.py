@@ -72,3 +72,18 @@ def test_another_setting_is_refused_and_fresh_keeps_the_old_checkpoint(tmp_path,
     assert cli_train(tmp_path, out, "--set", "lr=0.3", "--on-change", "restart") == 0  # what the pipelines pass
     assert "starting afresh" in capsys.readouterr().err
     assert (out / "checkpoint.2.pt").exists() and load_checkpoint(out / "checkpoint.pt")["train_config"]["lr"] == 0.3
+
+
+def test_metrics_json_is_written_last(tmp_path, chain, monkeypatch):
+    """A failure at model.pt (a full disk) leaves no metrics.json: its presence means the stage completed."""
+    import vqnqs.stages.driver as driver
+    from vqnqs.io import OutputError
+
+    def full_disk(path, model, info):
+        raise OutputError(f"{path}: write failed (No space left on device)")
+
+    monkeypatch.setattr(driver, "save_model", full_disk)
+    hamiltonian, reference = chain
+    with pytest.raises(OutputError, match="No space left"):
+        Trainer(hamiltonian, tiny_config(steps=2), tmp_path, reference).run(progress=False)
+    assert (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "metrics.json").exists()
