@@ -29,24 +29,30 @@ def checkpoint_step(path) -> int:
     return int(torch.load(path, weights_only=True)["step"]) if path.exists() else 0
 
 
-@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_a_killed_and_resumed_training_is_one_run(tmp_path, monkeypatch, stop):
-    from mlflow.tracking import MlflowClient
-
+def training_stopped_at(tmp_path, monkeypatch, step: int, stop: int) -> tuple[str, dict]:
+    """A reference, then a training in a subprocess sent ``stop`` once it has checkpointed ``step``; returns the
+    MLflow store's URI and the environment that points the subprocesses at it."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert main(["reference", "--system", "tfim", "--size", "8", "--out", str(tmp_path / "ref.json")]) == 0
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     process = start_training(tmp_path, env)
-    checkpoint = tmp_path / "out" / "checkpoint.pt"
     deadline = time.monotonic() + 120
-    while checkpoint_step(checkpoint) < 10:  # a few checkpoints in: metrics were flushed, steps were lost
+    while checkpoint_step(tmp_path / "out" / "checkpoint.pt") < step:
         assert process.poll() is None, process.stderr.read()
         assert time.monotonic() < deadline
         time.sleep(0.05)
     process.send_signal(stop)
     process.wait(timeout=60)
-    assert checkpoint_step(checkpoint) < STEPS
+    return uri, env
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_and_resumed_training_is_one_run(tmp_path, monkeypatch, stop):
+    from mlflow.tracking import MlflowClient
+
+    uri, env = training_stopped_at(tmp_path, monkeypatch, 10, stop)  # metrics were flushed, steps were lost
+    assert checkpoint_step(tmp_path / "out" / "checkpoint.pt") < STEPS
 
     client = MlflowClient(tracking_uri=uri)
     (killed,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
@@ -64,18 +70,7 @@ def test_a_killed_training_started_afresh_ends_the_orphan(tmp_path, monkeypatch)
     """SIGKILL leaves the run RUNNING; rerunning with --fresh sets the checkpoint aside and ends that run KILLED."""
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    assert main(["reference", "--system", "tfim", "--size", "8", "--out", str(tmp_path / "ref.json")]) == 0
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    process = start_training(tmp_path, env)
-    checkpoint = tmp_path / "out" / "checkpoint.pt"
-    deadline = time.monotonic() + 120
-    while checkpoint_step(checkpoint) < 5:
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    process.kill()
-    process.wait(timeout=60)
+    uri, env = training_stopped_at(tmp_path, monkeypatch, 5, signal.SIGKILL)
     fresh = start_training(tmp_path, env, "--fresh")
     assert fresh.wait(timeout=300) == 0, fresh.stderr.read()
     client = MlflowClient(tracking_uri=uri)

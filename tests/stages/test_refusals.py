@@ -31,9 +31,10 @@ def world(tmp_path, monkeypatch):
     return tmp_path
 
 
-def train(world, *extra, out="out"):
-    return ["train", "--system", "tfim", "--size", "8", "--reference", str(world / "inputs/ref.json"),
-            "--out-dir", str(world / out), *SMALL, *extra]  # fmt: skip
+def train(world, *extra, out="out", reference="inputs/ref.json", system=("tfim", "8"), small=True):
+    """``vqnqs train`` of the tiny settings (``small``) on ``system``, paths relative to ``world``."""
+    args = ["train", "--system", system[0], "--size", system[1], "--reference", str(world / reference)]
+    return [*args, "--out-dir", str(world / out), *(SMALL if small else []), *extra]
 
 
 def params_run(world, content):
@@ -47,21 +48,7 @@ CASES = {
     "device": (lambda w: train(w, "--set", "device=cuda"), "device 'cuda'"),
     "seed_text": (lambda w: train(w, "--set", "seed=2**70"), "seed '2**70'"),
     "seed_range": (lambda w: train(w, "--set", f"seed={2**70}"), f"seed {2**70}"),
-    "zero_reference": (
-        lambda w: [
-            "train",
-            "--system",
-            "tfim",
-            "--size",
-            "8",
-            "--reference",
-            str(w / "inputs/zero.json"),
-            "--out-dir",
-            str(w / "out"),
-            *SMALL,
-        ],  # fmt: skip
-        "zero.json: energy_per_site 0.0",
-    ),
+    "zero_reference": (lambda w: train(w, reference="inputs/zero.json"), "zero.json: energy_per_site 0.0"),
     "corrupt_checkpoint": (lambda w: train(w, out="inputs/corrupt"), "corrupt/checkpoint.pt"),
     "out_dir_under_a_file": (lambda w: train(w, out="inputs/ref.json/out"), "ref.json is not a directory"),
     "profile_bad_model": (
@@ -80,20 +67,7 @@ CASES = {
         ],  # fmt: skip
         "models/model.pt",
     ),
-    "size_guard": (
-        lambda w: [
-            "train",
-            "--system",
-            "tfim",
-            "--size",
-            "1000000",
-            "--reference",
-            str(w / "inputs/ref.json"),
-            "--out-dir",
-            str(w / "out"),
-        ],  # fmt: skip
-        "chunk_size=1024",
-    ),
+    "size_guard": (lambda w: train(w, system=("tfim", "1000000"), small=False), "chunk_size=1024"),
     "duplicate_key": (lambda w: params_run(w, "experiment: a\nexperiment: b\n"), "duplicate key 'experiment'"),
     "yaml_syntax": (lambda w: params_run(w, "systems: [1\n"), "bad.yaml: not valid YAML"),
     "not_utf8": (lambda w: params_run(w, b"\xff\xfe"), "bad.yaml: not UTF-8"),
@@ -162,33 +136,11 @@ CASES |= {
     "size_text": (lambda w: ["train", "--system", "tfim", "--size", "3x", "--reference", "r", "--out-dir", "o"], "3x"),
     "gamma_nan": (lambda w: train(w, "--gamma", "nan"), "--gamma"),
     "gamma_for_heisenberg": (
-        lambda w: [
-            "train",
-            "--system",
-            "heisenberg",
-            "--size",
-            "4",
-            "--gamma",
-            "2",
-            "--reference",
-            "r",
-            "--out-dir",
-            str(w / "out"),
-        ],  # fmt: skip
+        lambda w: train(w, "--gamma", "2", system=("heisenberg", "4"), small=False),
         "only the tfim system",
     ),
     "missing_reference": (
-        lambda w: [
-            "train",
-            "--system",
-            "tfim",
-            "--size",
-            "8",
-            "--reference",
-            str(w / "nowhere.json"),
-            "--out-dir",
-            str(w / "out"),
-        ],  # fmt: skip
+        lambda w: train(w, reference="nowhere.json", small=False),
         "nowhere.json: file not found",
     ),
     "no_such_run": (lambda w: ["train", "--run", "nope", "--reference", "r", "--out-dir", "o"], "nope"),
