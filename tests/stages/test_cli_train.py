@@ -36,7 +36,9 @@ def test_train_writes_metrics_and_an_mlflow_run(tmp_path, reference, monkeypatch
     out = tmp_path / "train"
     args = ["train", "--params", str(params), "--run", "chain", "--reference", str(reference), "--out-dir", str(out)]
     assert main([*args, "--set", "steps=3"]) == 0
-    assert "rel. error" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "rel. error" in captured.out
+    assert "train: estimated at most ~" in captured.err and "for 3 steps" in captured.err  # before the first step
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(METRICS_KEYS) <= set(metrics) and metrics["steps"] == 3

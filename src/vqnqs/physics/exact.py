@@ -85,15 +85,28 @@ def available_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def log10_sector_dimension(n_sites: int, n_down: int | None) -> float:
+    """``log10`` of :func:`sector_dimension`, without forming the (possibly million-digit) integer."""
+    if n_down is None:
+        return n_sites * math.log10(2)
+    return (math.lgamma(n_sites + 1) - math.lgamma(n_down + 1) - math.lgamma(n_sites - n_down + 1)) / math.log(10)
+
+
+# Beyond this many spins no sector fits in memory: refused without computing its (huge) dimension.
+MAX_ED_SITES = 30
+
+
 def check_lanczos_feasible(hamiltonian: Hamiltonian, memory_fraction: float = 0.5) -> None:
     """Raise ``ValueError`` before any work when the sparse ED would not fit in memory."""
-    need = lanczos_memory_bytes(hamiltonian)
     have = memory_fraction * available_memory_bytes()
-    if hamiltonian.n_sites > 30 or need > have:
-        dim = sector_dimension(hamiltonian.n_sites, ground_state_sector(hamiltonian))
+    n_sites, n_down = hamiltonian.n_sites, ground_state_sector(hamiltonian)
+    need = None if n_sites > MAX_ED_SITES else lanczos_memory_bytes(hamiltonian)
+    if need is None or need > have:
+        log_dim = log10_sector_dimension(n_sites, n_down)
+        size = "" if need is None else f" (~{need / 2**30:.3g} GiB)"
         raise ValueError(
-            f"size {hamiltonian.lattice.size}: exact diagonalisation needs a {dim:.3g}-dimensional sector "
-            f"(~{need / 2**30:.3g} GiB), more than the {have / 2**30:.3g} GiB allowed here; "
+            f"size {hamiltonian.lattice.size}: exact diagonalisation needs a 10^{log_dim:.1f}-dimensional sector"
+            f"{size}, more than the {have / 2**30:.3g} GiB allowed here; "
             f"use a literature reference instead (--method literature)"
         )
 

@@ -33,6 +33,7 @@ from vqnqs.stages.driver import METRICS_KEYS as CONTRACT_KEYS
 from vqnqs.stages.driver import Stage
 from vqnqs.stages.inputs import Teacher, system_info
 from vqnqs.vmc.checkpoint import model_config_to_dict, vq_config_to_dict
+from vqnqs.vmc.cost import estimate_line, fit_step_flops, measure_rate, vmc_step_flops
 from vqnqs.vmc.enumeration import exact_metrics
 from vqnqs.vmc.evaluation import dedup_check, energy_metrics, fidelity, relative_error, sampled_energy
 from vqnqs.vmc.optim import make_optimizer
@@ -279,6 +280,19 @@ class Distiller(Stage):
             "teacher_digest": self.teacher.digest,
         }
         return self.student, info
+
+    def cost_estimates(self) -> list[str]:
+        config, rate = self.config, measure_rate(self.student)
+        fit_left = max(0, config.steps - self.step)
+        finetune_left = self.total_steps - max(self.step, config.steps)
+        lines = []
+        if fit_left:
+            flops = fit_step_flops(self.student, self.teacher_model, config.n_samples)
+            lines.append(estimate_line(f"{self.label} fit", flops, rate, fit_left))
+        if finetune_left:
+            flops = vmc_step_flops(self.student, self.hamiltonian, config.finetune_samples)
+            lines.append(estimate_line(f"{self.label} fine-tuning", flops, rate, finetune_left))
+        return lines
 
     def postfix(self, row: dict) -> str:
         if row["phase"] == "fit":

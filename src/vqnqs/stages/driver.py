@@ -11,6 +11,7 @@ The driver owns the rest (``run``), the same for every stage::
 
     resume      checkpoint.pt in the out dir -> restore (same config up to RESUME_MAY_CHANGE, same system,
                 device and stage identity; another config or a stale identity -> start afresh, saying so)
+    estimate    the time of the steps left, printed before the first (``cost_estimates``)
     loop        update() until total_steps; each row to the history and to MLflow; a tqdm bar;
                 checkpoint.pt and history.csv every ``checkpoint_every`` steps and at the last
     outputs     evaluate(); model.pt, then metrics.json (present means complete), all written atomically;
@@ -127,6 +128,11 @@ class Stage:
     def summary(self, metrics: dict) -> dict:
         """Stage-specific entries of metrics.json beside the evaluation and the common ones."""
         return {}
+
+    def cost_estimates(self) -> list[str]:
+        """Lines for stderr before the first step of this invocation: the estimated time of what is left
+        (:mod:`vqnqs.vmc.cost`); none by default."""
+        return []
 
     def postfix(self, row: dict) -> str:
         """The progress bar's text for a history row."""
@@ -300,6 +306,9 @@ class Stage:
         if tracker is not None:
             self.run_id = tracker.run_id
             self.log_missing_rows(tracker)
+        if self.step < self.total_steps:
+            for line in self.cost_estimates():
+                print(line, file=sys.stderr)
         steps_run, seconds = self.loop(tracker, progress)
 
         eval_start = time.perf_counter()

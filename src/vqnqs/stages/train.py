@@ -21,6 +21,7 @@ from vqnqs.stages.config import DTYPES, TrainConfig
 from vqnqs.stages.driver import METRICS_KEYS, Stage, mean_of
 from vqnqs.stages.inputs import system_info
 from vqnqs.vmc.checkpoint import model_config_to_dict
+from vqnqs.vmc.cost import estimate_line, measure_rate, vmc_step_flops
 from vqnqs.vmc.enumeration import exact_metrics
 from vqnqs.vmc.evaluation import energy_metrics, sampled_energy
 from vqnqs.vmc.optim import make_optimizer
@@ -114,6 +115,10 @@ class Trainer(Stage):
     def output_model(self, metrics: dict) -> tuple[AutoregressiveTransformer, dict]:
         info = {**system_info(self.hamiltonian), "steps": self.step, "energy_per_site": metrics["energy_per_site"]}
         return self.model, info
+
+    def cost_estimates(self) -> list[str]:
+        flops = vmc_step_flops(self.model, self.hamiltonian, self.config.n_samples)
+        return [estimate_line(self.name, flops, measure_rate(self.model), self.total_steps - self.step)]
 
     def postfix(self, row: dict) -> str:
         return f"E/N={row['energy_per_site']:.6f} rel={row['rel_error']:.1e}"
