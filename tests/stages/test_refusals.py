@@ -71,6 +71,11 @@ CASES = {
     "duplicate_key": (lambda w: params_run(w, "experiment: a\nexperiment: b\n"), "duplicate key 'experiment'"),
     "yaml_syntax": (lambda w: params_run(w, "systems: [1\n"), "bad.yaml: not valid YAML"),
     "not_utf8": (lambda w: params_run(w, b"\xff\xfe"), "bad.yaml: not UTF-8"),
+    "reference_beyond_ed": (  # a sector dimension beyond any float (was an OverflowError traceback)
+        lambda w: ["reference", "--system", "heisenberg", "--size", "200x200", "--method", "lanczos",
+                   "--out", str(w / "out/ref.json")],  # fmt: skip
+        "size 200x200: exact diagonalisation needs a 10^",
+    ),
     "reference_without_a_route": (
         lambda w: [
             "reference",
