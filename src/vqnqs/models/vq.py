@@ -305,6 +305,11 @@ class VQTransformer(AutoregressiveTransformer):
     def quantizers(self) -> list[VectorQuantizer]:
         return [block.attn.quantizer for block in self.blocks]
 
+    def code_usage(self) -> float:
+        """Fraction of all codes (every quantiser) used by the last upkeep batch (``unused_steps == 0``)."""
+        used = [(q.unused_steps == 0).double().mean() for q in self.quantizers]
+        return float(torch.stack(used).mean()) if used else 1.0
+
 
 @torch.no_grad()
 def codebook_upkeep(model: AutoregressiveTransformer, s: Tensor) -> None:

@@ -83,13 +83,51 @@ class RunConfig(Config):
 
 
 @dataclass(frozen=True)
-class TrainConfig(RunConfig, ModelShape, VMCConfig):
+class QuantizerConfig(Config):
+    """The codebooks of a VQ-NQS model (distill's student; train's model 'vq'); bits come separately."""
+
+    # Codes per codebook (head): bits = heads * log2(codes), so 64 codes give 6 bits per head.
+    codes: int = knob(DEFAULT_CODES, minimum=2)
+    # Data-driven codebook initialisation on the first training batch: 'kmeans++' | 'rows' | 'none'.
+    vq_init: str = knob("kmeans++", choices=INIT_METHODS)
+    # Re-seed a code unused for this many steps with a row of the current batch; 0 disables.
+    dead_after: int = knob(100, minimum=0)
+
+    def check(self) -> None:
+        super().check()
+        if self.codes & (self.codes - 1):
+            raise ValueError(f"codes {self.codes}: must be a power of two >= 2 (bits = heads * log2(codes))")
+
+    def vq_config(self, bits: int) -> VQConfig:
+        """The quantiser for ``bits`` per location; ``ValueError`` naming bits if none fits."""
+        return VQConfig.from_bits(bits, self.codes, init=self.vq_init, dead_after=self.dead_after)
+
+
+MODELS = ("baseline", "vq")
+
+
+@dataclass(frozen=True)
+class TrainConfig(RunConfig, QuantizerConfig, ModelShape, VMCConfig):
     """Everything a training run depends on; ``train`` in params.yaml and ``--set`` fill it."""
 
     section = "train"
     # Local-energy engine: the dedup engine (exactly the dense forward, reorganised, with attention once per
     # distinct prefix) when true; the dense forward when false.
     dedup: bool = knob(True)
+    # Wave function: 'baseline' (the transformer) | 'vq' (VQ-NQS: a quantiser of `bits` bits per location in
+    # every full block, trained by VMC through the straight-through estimator, codebooks kept up by the step).
+    model: str = knob("baseline", choices=MODELS)
+    # Bits per location of model 'vq' (heads x log2(codes)); required by it, refused for the baseline.
+    bits: int | None = knob(None, minimum=1)
+
+    def check(self) -> None:
+        super().check()
+        if self.model == "vq" and self.bits is None:
+            raise ValueError("bits null: model 'vq' needs the bits per location (heads x log2(codes))")
+        if self.model == "baseline" and self.bits is not None:
+            raise ValueError(f"bits {self.bits}: only model 'vq' is quantised (set model=vq, or bits=null)")
+        if self.bits is not None:
+            check_bits(self.bits, self.codes, self.d_model)
 
     @property
     def engine(self) -> str:
@@ -109,7 +147,7 @@ RESUME_MAY_CHANGE = (
 
 
 @dataclass(frozen=True)
-class DistillConfig(RunConfig, ScheduleConfig):
+class DistillConfig(RunConfig, QuantizerConfig, ScheduleConfig):
     """Everything a distillation run depends on (besides the teacher and ``bits``); ``distill`` in params.yaml."""
 
     section = "distill"
@@ -122,13 +160,6 @@ class DistillConfig(RunConfig, ScheduleConfig):
     n_samples: int = knob(512, minimum=1)
     # Peak learning rate of the codebooks (fresh, unlike the copied teacher weights); None: lr. Same schedule.
     codebook_lr: float | None = knob(None, exclusive_minimum=0)
-    # --- quantiser ---
-    # Codes per codebook (head): bits = heads * log2(codes), so 64 codes give 6 bits per head.
-    codes: int = knob(DEFAULT_CODES, minimum=2)
-    # Data-driven codebook initialisation on the first training batch: 'kmeans++' | 'rows' | 'none'.
-    vq_init: str = knob("kmeans++", choices=INIT_METHODS)
-    # Re-seed a code unused for this many steps with a row of the current batch; 0 disables.
-    dead_after: int = knob(100, minimum=0)
     # --- student shape (None: the teacher's) ---
     # Residual-stream width; a wider student than the teacher gets fresh weights wherever shapes differ.
     d_model: int | None = knob(None, minimum=1)
@@ -165,8 +196,6 @@ class DistillConfig(RunConfig, ScheduleConfig):
 
     def check(self) -> None:
         super().check()
-        if self.codes & (self.codes - 1):
-            raise ValueError(f"codes {self.codes}: must be a power of two >= 2 (bits = heads * log2(codes))")
         if self.check_samples > self.eval_samples:
             raise ValueError(f"check_samples {self.check_samples}: must be <= eval_samples={self.eval_samples}")
 
@@ -186,10 +215,6 @@ class DistillConfig(RunConfig, ScheduleConfig):
             diag_shift_final=self.finetune_diag_shift,
             sr_momentum=self.finetune_sr_momentum,
         )
-
-    def vq_config(self, bits: int) -> VQConfig:
-        """The student's quantiser for ``bits`` per location; ``ValueError`` naming bits if none fits."""
-        return VQConfig.from_bits(bits, self.codes, init=self.vq_init, dead_after=self.dead_after)
 
     def student_config(self, teacher: TransformerConfig) -> TransformerConfig:
         """The student's shape: the teacher's lattice, patch and Sz sector, with this config's overrides."""

@@ -69,12 +69,6 @@ METRICS_KEYS = (
 )
 
 
-def code_usage(model) -> float:
-    """Fraction of all codes (every quantiser) used by the last upkeep batch (``unused_steps == 0``)."""
-    used = [(q.unused_steps == 0).double().mean() for q in model.quantizers]
-    return float(torch.stack(used).mean()) if used else 1.0
-
-
 class Distiller(Stage):
     """Teacher, student, optimisers and samplers of one distillation run, restorable from ``out_dir``."""
 
@@ -180,7 +174,7 @@ class Distiller(Stage):
             "mean_abs_dlog_psi": result.mean_abs_dlog_psi,
             "lr": lr,
             "grad_norm": result.grad_norm,
-            "code_usage": code_usage(self.student),
+            "code_usage": self.student.code_usage(),
         }
         if config.energy_every and (step % config.energy_every == 0 or step == config.steps):
             row.update(self.monitor_energy())

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from vqnqs.models import AutoregressiveTransformer
+from vqnqs.models import AutoregressiveTransformer, VQTransformer, make_vq_model
 from vqnqs.physics.hamiltonian import Hamiltonian
-from vqnqs.stages.config import DTYPES, TrainConfig
+from vqnqs.stages.config import DTYPES, TrainConfig, check_bits
 from vqnqs.stages.driver import METRICS_KEYS, Stage, mean_of
 from vqnqs.stages.inputs import system_info
 from vqnqs.vmc.checkpoint import model_config_to_dict
@@ -25,7 +25,7 @@ from vqnqs.vmc.cost import estimate_line, measure_rate, vmc_step_flops
 from vqnqs.vmc.enumeration import exact_metrics
 from vqnqs.vmc.evaluation import energy_metrics, sampled_energy
 from vqnqs.vmc.optim import make_optimizer
-from vqnqs.vmc.step import vmc_step
+from vqnqs.vmc.step import STEP_PARTS, vmc_step
 
 HISTORY_COLUMNS = (
     "step",  # completed updates
@@ -40,6 +40,8 @@ HISTORY_COLUMNS = (
     "samples_per_s",  # n_samples / wall time of the whole step
     "eloc_configs_per_s",  # connected configurations through the network per second of local energy
     "time_s",  # wall time since the start of training (summed over resumed invocations)
+    "code_usage",  # model 'vq': fraction of codes (all quantisers) used by this step's samples
+    *(f"{part}_s" for part in STEP_PARTS),  # wall time of each part of this step (vqnqs.vmc.step.STEP_PARTS)
 )
 
 
@@ -53,8 +55,12 @@ class Trainer(Stage):
     def __init__(self, hamiltonian: Hamiltonian, config: TrainConfig, out_dir: str | Path, reference: float) -> None:
         super().__init__(hamiltonian, config, out_dir, reference)
         self.model_config = config.transformer_config(hamiltonian)
-        torch.manual_seed(config.seed)  # parameter initialisation
-        self.model = AutoregressiveTransformer(self.model_config).to(self.device, DTYPES[config.dtype])
+        torch.manual_seed(config.seed)  # parameter initialisation (codebooks: data-initialised by the first upkeep)
+        if config.model == "vq":
+            model = make_vq_model(self.model_config, config.vq_config(config.bits))
+        else:
+            model = AutoregressiveTransformer(self.model_config)
+        self.model = model.to(self.device, DTYPES[config.dtype])
         self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr)
         self.generator = torch.Generator(self.device).manual_seed(config.seed)  # the sampler's stream
         self.generators = {"sampler": self.generator}
@@ -88,6 +94,8 @@ class Trainer(Stage):
             "samples_per_s": config.n_samples / elapsed,
             "eloc_configs_per_s": result.eloc_configs_per_s,
             "time_s": self.wall_time_s + elapsed,
+            "code_usage": self.model.code_usage() if isinstance(self.model, VQTransformer) else None,
+            **{f"{part}_s": seconds for part, seconds in result.seconds.items()},
         }
 
     def evaluate(self) -> dict:
@@ -106,10 +114,18 @@ class Trainer(Stage):
         }
 
     def summary(self, metrics: dict) -> dict:
+        config = self.config
+        quantiser = {}
+        if config.model == "vq":
+            heads, codes = check_bits(config.bits, config.codes, config.d_model)
+            quantiser = {"bits": config.bits, "heads": heads, "codes": codes}
         return {
             "eloc_configs_per_s": mean_of(self.history, "eloc_configs_per_s"),
             "samples_per_s": mean_of(self.history, "samples_per_s"),
-            "optimizer": self.config.optimizer,
+            **{f"mean_{part}_s": mean_of(self.history, f"{part}_s") for part in STEP_PARTS},
+            "optimizer": config.optimizer,
+            "model": config.model,
+            **quantiser,
         }
 
     def output_model(self, metrics: dict) -> tuple[AutoregressiveTransformer, dict]:

@@ -65,6 +65,26 @@ class VMCStepResult:
     grad_norm: float  # |dE/dθ| (eq. 3)
     distinct_samples: int  # distinct configurations among the samples (each evaluated once)
     eloc_configs_per_s: float  # connected configurations through the network per second of local energy
+    seconds: dict[str, float]  # wall time of each part of the step, keyed by STEP_PARTS
+
+
+# The parts of a VMC step, timed separately: drawing the samples; their local energies; the log-derivatives
+# (SR) or the eq. 3 backward pass (Adam); the SR solve and the update; the codebook upkeep (VQ models).
+STEP_PARTS = ("sampling", "local_energy", "gradient", "sr", "upkeep")
+
+
+class _Stopwatch:
+    """Seconds since the last ``lap``, collected by name: ``watch.lap("sampling")`` after drawing them."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = dict.fromkeys(STEP_PARTS, 0.0)
+        self.last = time.perf_counter()
+
+    def lap(self, part: str) -> float:
+        now = time.perf_counter()
+        self.seconds[part] += now - self.last
+        self.last = now
+        return self.seconds[part]
 
 
 def vmc_step(
@@ -85,6 +105,7 @@ def vmc_step(
     n_samples = vmc.n_samples
     lr, diag_shift = vmc.lr_at(step - offset), vmc.diag_shift_at(step - offset)
     set_lr(optimizer, lr)
+    watch = _Stopwatch()
     samples = model.sample(n_samples, generator=generator)  # (Ns, N)
     # Exact samples repeat, the more so the closer psi gets to the ground state: evaluate each distinct
     # configuration once, weighted by its frequency. Every estimate below is that of the full batch.
@@ -96,9 +117,9 @@ def vmc_step(
         )
     weights = counts.to(torch.float64) / n_samples
     log_psi = make_log_psi(model, engine)
-    eloc_start = time.perf_counter()
+    watch.lap("sampling")
     e_loc = local_energy(hamiltonian, log_psi, distinct, chunk_size=chunk_size)  # (U,)
-    eloc_time = time.perf_counter() - eloc_start
+    eloc_time = watch.lap("local_energy")
     if not torch.isfinite(e_loc).all():
         bad = int((~torch.isfinite(e_loc)).sum())
         raise TrainingError(f"step {step}: {bad} of {len(e_loc)} local energies are NaN or infinite")
@@ -108,6 +129,7 @@ def vmc_step(
     optimizer.zero_grad(set_to_none=True)
     if isinstance(optimizer, SR):
         o = log_derivatives(model, distinct, chunk_size)  # (U, Np), columns in model.parameters() order
+        watch.lap("gradient")
         previous = optimizer.previous_direction()
         direction, gradient = sr_direction(o, e_loc, diag_shift, weights, previous, vmc.sr_momentum)
         set_gradients(params, direction)
@@ -115,12 +137,16 @@ def vmc_step(
         loss = energy_loss(model.log_psi(distinct), e_loc, weights)  # eq. 3 through autograd
         loss.backward()
         gradient = torch.cat([p.grad.reshape(-1) for p in params])
+        watch.lap("gradient")
     grad_norm = gradient.norm().item()
     if not math.isfinite(grad_norm) or not all(torch.isfinite(p.grad).all() for p in params):
         raise TrainingError(f"step {step}: the gradient or update direction is NaN or infinite")
     optimizer.step()
+    watch.lap("sr")  # the solve and the update (Adam: its update alone)
     codebook_upkeep(model, samples)
-    return VMCStepResult(stats, lr, diag_shift, grad_norm, len(distinct), log_psi.count / eloc_time)
+    watch.lap("upkeep")
+    configs_per_s = log_psi.count / eloc_time
+    return VMCStepResult(stats, lr, diag_shift, grad_norm, len(distinct), configs_per_s, watch.seconds)
 
 
 @dataclass(frozen=True)
