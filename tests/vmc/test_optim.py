@@ -10,7 +10,7 @@ from vqnqs.models import AutoregressiveTransformer, TransformerConfig
 from vqnqs.physics.hamiltonian import build_hamiltonian
 from vqnqs.vmc.gradient import energy_loss, log_derivatives
 from vqnqs.vmc.local_energy import local_energy
-from vqnqs.vmc.optim import scheduled, sr_direction
+from vqnqs.vmc.optim import gram, scheduled, sr_direction
 
 
 def random_problem(n_samples: int, n_params: int, seed: int = 0):
@@ -97,3 +97,13 @@ def test_schedules():
     )
     with pytest.raises(ValueError, match="schedule"):
         scheduled(1, 10, 0.1, 0.01, "linear")
+
+
+@pytest.mark.parametrize("n_samples", [1, 5, 128, 300])
+def test_gram_from_its_lower_triangle_is_the_full_product(n_samples):
+    """The minSR matrix Ō Ō^T, built block by block from its lower triangle, is the product itself (float64)."""
+    o = torch.randn(n_samples, 70, generator=torch.Generator().manual_seed(2), dtype=torch.float32)
+    product = gram(o)
+    assert product.dtype == torch.float64
+    torch.testing.assert_close(product, (o.double() @ o.double().T), rtol=1e-5, atol=1e-5)
+    assert torch.equal(product, product.T)

@@ -52,9 +52,26 @@ def centred(o: Tensor, e_loc: Tensor, weights: Tensor | None = None) -> tuple[Te
     if weights is None:
         weights = torch.full((o.shape[0],), 1.0 / o.shape[0], dtype=torch.float64, device=o.device)
     scale = weights.sqrt()[:, None]  # (K, 1)
-    o_bar = (o - (weights.to(o.dtype) @ o)) * scale.to(o.dtype)
+    o_bar = o - weights.to(o.dtype) @ o
+    o_bar.mul_(scale.to(o.dtype))  # in place: O is the largest array of the step, one fresh copy is enough
     eps = ((e_loc - weights @ e_loc) * scale[:, 0]).to(o.dtype)
     return o_bar, eps
+
+
+def gram(a: Tensor, block: int = 128) -> Tensor:
+    """``a a^T (K, K)`` in float64 from its lower triangle: about half the multiply-adds of one ``a @ a.T``.
+
+    Row block ``i`` is multiplied by the rows up to its own end only; the upper triangle is the mirror image.
+    (torch has no symmetric rank-k product; blocks of 128 rows keep each product large enough to run at the
+    speed of the full one: 1.7x faster for (946, 30960) float32 on one CPU thread.)
+    """
+    n = a.shape[0]
+    lower = torch.zeros(n, n, dtype=a.dtype, device=a.device)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        lower[start:stop, :stop] = a[start:stop] @ a[:stop].T
+    lower = lower.double().tril_()
+    return lower + lower.tril(-1).T
 
 
 def sr_direction(
@@ -84,7 +101,7 @@ def sr_direction(
     anchor = torch.zeros_like(force) if previous is None else momentum * previous.to(force.dtype)  # μ δ_prev
     residual = eps - o_bar @ anchor  # (K,) what the anchor leaves unexplained
     if form == "min" or (form == "auto" and n_params > n_samples):
-        t = (o_bar @ o_bar.T).double()  # (K, K) = Ō Ō^T
+        t = gram(o_bar)  # (K, K) = Ō Ō^T
         t.diagonal().add_(diag_shift)
         correction = o_bar.T @ torch.linalg.solve(t, residual.double()).to(o_bar.dtype)  # (Np,)
     else:
