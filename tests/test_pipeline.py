@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -103,10 +104,16 @@ def test_dvc_repro_reruns_only_what_changed(workdir):
     first = stages_run(run(workdir, "dvc", "repro"))
     assert untracked_or_changed(workdir) == [" M dvc.lock"], "outputs must be ignored by git, only dvc.lock changes"
     params = yaml.safe_load((workdir / "params.yaml").read_text())
-    n_runs, n_bits = len(params["systems"]), len(params["bits"])
-    assert len(first) == 2 * n_runs + 2 * n_runs * n_bits + 1  # reference, train, distill, profile, report
+    n_runs, n_bits, n_vq = len(params["systems"]), len(params["bits"]), len(params["train_vq_runs"])
+    assert n_vq > 0, "the ci profile must exercise the train_vq branch"
+    # reference, train, distill, profile; train_vq, profile_vq; report
+    assert len(first) == 2 * n_runs + 2 * n_runs * n_bits + 2 * n_vq + 1
     report = (workdir / "results" / "report.md").read_text()
     assert "Table 1" in report and (workdir / "results" / "figures" / "tfim_scaling.png").is_file()
+    assert "VQ-NQS trained by VMC" in report and (workdir / "results" / "figures" / "error_vs_time.png").is_file()
+    comparison = pd.read_csv(workdir / "results" / "vq_training.csv")
+    assert len(comparison) == 3 * n_vq and set(comparison["model"]) == {"baseline", "distilled", "vmc-trained"}
+    assert comparison[["exact_rel_error", "flops_dedup_per_sample", "time_dedup_s_per_sample"]].notna().all().all()
 
     assert stages_run(run(workdir, "dvc", "repro")) == set(), "dvc repro right after a full run must be a no-op"
 
@@ -116,6 +123,24 @@ def test_dvc_repro_reruns_only_what_changed(workdir):
     assert rerun, "a distillation parameter changed but nothing reran"
     assert {name.split("@")[0] for name in rerun} == {"distill", "profile", "report"}
     assert len(rerun) == 2 * n_runs * n_bits + 1
+
+    params["train_vq"]["lr"] = 0.01  # only the VQ trainings, their profiles and the report depend on train_vq
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    rerun = stages_run(run(workdir, "dvc", "repro"))
+    assert {name.split("@")[0] for name in rerun} == {"train_vq", "profile_vq", "report"}
+    assert len(rerun) == 2 * n_vq + 1
+
+
+def test_snakemake_runs_the_train_vq_branch(workdir):
+    """reference -> train_vq(bits) -> profile_vq, as Snakemake runs it: a VQ-NQS trained by VMC, profiled."""
+    job = yaml.safe_load((workdir / "params.yaml").read_text())["train_vq_runs"][0]
+    run_key, bits = job["run"], job["bits"]
+    run(workdir, "snakemake", "--cores", "2", f"data/profile_vq/{run_key}/bits{bits}.csv")
+    metrics = json.loads((workdir / "data" / "train_vq" / run_key / f"bits{bits}" / "metrics.json").read_text())
+    assert (metrics["model"], metrics["bits"]) == ("vq", bits)
+    assert all(metrics[f"mean_{part}_s"] > 0 for part in ("sampling", "local_energy", "gradient", "sr", "upkeep"))
+    table = pd.read_csv(workdir / "data" / "profile_vq" / run_key / f"bits{bits}.csv")
+    assert list(table["model"]) == ["baseline", "vq-nqs"] and table.loc[1, "bits"] == bits
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:

@@ -232,6 +232,13 @@ def set_argument(text: str) -> tuple[str, object]:
 def add_train(subparsers: argparse._SubParsersAction) -> None:
     parser = stage_parser(subparsers, TrainConfig, run_train)
     parser.add_argument("--reference", required=True, type=Path, help="reference JSON of the same system")
+    parser.add_argument(
+        "--bits",
+        type=int,
+        default=None,
+        help="train a VQ-NQS model of this bandwidth (heads x log2(codes)) by VMC: --set model=vq --set bits=B, "
+        "with the params' train_vq sections merged over train",
+    )
     add_out_dir(parser)
 
 
@@ -239,6 +246,8 @@ def run_train(args: argparse.Namespace) -> None:
     from vqnqs.stages.inputs import load_reference
     from vqnqs.stages.train import Trainer
 
+    if args.bits is not None:
+        args.overrides = [("model", "vq"), ("bits", args.bits), *args.overrides]
     settings, params, hamiltonian, config = stage_setup(args, TrainConfig)
     with refused_as("train settings"):
         config.transformer_config(hamiltonian)  # the patch must tile the lattice
@@ -247,9 +256,11 @@ def run_train(args: argparse.Namespace) -> None:
     trainer = Trainer(hamiltonian, config, args.out_dir, reference)
     start(trainer, args)
     used = {"train": config.to_dict(), "reference": str(args.reference)}
-    with open_run("train", settings, params, args.run, used, trainer) as run:
+    tags = {"bits": config.bits} if config.model == "vq" else {}
+    with open_run("train", settings, params, args.run, used, trainer, model=config.model, **tags) as run:
         metrics = trainer.run(run, resume=False)
-    print(energy_line(f"{settings['system']} {settings['size']}", metrics, args.out_dir))
+    what = f"{settings['system']} {settings['size']}" + (f" VQ {config.bits} bits" if config.model == "vq" else "")
+    print(energy_line(what, metrics, args.out_dir))
 
 
 def add_distill(subparsers: argparse._SubParsersAction) -> None:

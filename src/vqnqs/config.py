@@ -86,18 +86,44 @@ def yaml_problem(err: yaml.YAMLError) -> str:
     return f"{problem}, line {mark.line + 1} column {mark.column + 1}" if mark else problem
 
 
+def train_mapping(params: dict, entry: dict, vq: bool) -> dict:
+    """The ``train`` knobs of a run: ``train``, then (for a VQ model trained by VMC) ``train_vq``, then the
+    run's own ``train`` and ``train_vq`` mappings, each merged over the ones before."""
+    sections = ("train", "train_vq") if vq else ("train",)
+    return {
+        key: value
+        for node in (params, entry)
+        for section in sections
+        for key, value in (node.get(section) or {}).items()
+    }
+
+
 def _check_sections(params: dict, source: str) -> None:
     """Build each stage section's config (global and per run): the knob checks of ``--set`` too."""
-    from vqnqs.stages.config import STAGE_CONFIGS, DistillConfig  # local: torch loads only when params are checked
+    from vqnqs.stages.config import (  # local: torch loads only when params are checked
+        STAGE_CONFIGS,
+        DistillConfig,
+        TrainConfig,
+    )
 
     places = [((), params)] + [(("systems", run), entry) for run, entry in params["systems"].items()]
+    sections = [(config.section, config) for config in STAGE_CONFIGS] + [("train_vq", TrainConfig)]
     for parts, node in places:
-        for config in STAGE_CONFIGS:
-            if config.section in node:
+        for section, config in sections:
+            if section in node:
                 try:
-                    config.from_mapping(node[config.section])
+                    config.from_mapping(node[section])
                 except ValueError as err:
-                    raise ParamsError(f"{source}: {_key_path((*parts, config.section))}: {err}") from err
+                    raise ParamsError(f"{source}: {_key_path((*parts, section))}: {err}") from err
+    for index, job in enumerate(params.get("train_vq_runs") or []):  # each VQ training, as its job will build it
+        where = f"{source}: train_vq_runs[{index}]"
+        if job["run"] not in params["systems"]:
+            raise ParamsError(f"{where}: run {job['run']!r} is not in systems (have: {', '.join(params['systems'])})")
+        mapping = {**train_mapping(params, params["systems"][job["run"]], vq=True), "model": "vq", "bits": job["bits"]}
+        try:
+            TrainConfig.from_mapping(mapping)
+        except ValueError as err:
+            raise ParamsError(f"{where}: {err}") from err
     for run, entry in params["systems"].items():  # every bandwidth must give a quantiser for every run
         distill = DistillConfig.from_mapping({**params["distill"], **entry.get("distill", {})})
         for bits in params["bits"]:

@@ -37,6 +37,12 @@ def train(world, *extra, out="out", reference="inputs/ref.json", system=("tfim",
     return [*args, "--out-dir", str(world / out), *(SMALL if small else []), *extra]
 
 
+VALID_PARAMS = (
+    "experiment: e\nsystems: {x: {system: tfim, size: '8'}}\nbits: [6]\nreference: {}\ntrain: {d_model: 8}\n"
+    "distill: {}\nprofiling: {}\n"
+)
+
+
 def params_run(world, content):
     path = world / "inputs" / "bad.yaml"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -68,12 +74,32 @@ CASES = {
         "models/model.pt",
     ),
     "size_guard": (lambda w: train(w, system=("tfim", "1000000"), small=False), "chunk_size=1024"),
+    "bits_of_a_baseline": (lambda w: train(w, "--set", "bits=6"), "bits 6: only model 'vq' is quantised"),
+    "vq_without_bits": (lambda w: train(w, "--set", "model=vq"), "bits null: model 'vq' needs"),
+    "vq_bits_do_not_divide": (lambda w: train(w, "--bits", "18"), "bits 18: gives 3 heads"),
+    "train_vq_unknown_run": (
+        lambda w: params_run(w, VALID_PARAMS + "train_vq_runs: [{run: nope, bits: 6}]\n"),
+        "train_vq_runs[0]: run 'nope' is not in systems",
+    ),
+    "train_vq_bad_section": (
+        lambda w: params_run(w, VALID_PARAMS + "train_vq: {lr: -1}\n"),
+        "train_vq.lr: -1 is less than",
+    ),
     "duplicate_key": (lambda w: params_run(w, "experiment: a\nexperiment: b\n"), "duplicate key 'experiment'"),
     "yaml_syntax": (lambda w: params_run(w, "systems: [1\n"), "bad.yaml: not valid YAML"),
     "not_utf8": (lambda w: params_run(w, b"\xff\xfe"), "bad.yaml: not UTF-8"),
     "reference_beyond_ed": (  # a sector dimension beyond any float (was an OverflowError traceback)
-        lambda w: ["reference", "--system", "heisenberg", "--size", "200x200", "--method", "lanczos",
-                   "--out", str(w / "out/ref.json")],  # fmt: skip
+        lambda w: [
+            "reference",
+            "--system",
+            "heisenberg",
+            "--size",
+            "200x200",
+            "--method",
+            "lanczos",
+            "--out",
+            str(w / "out/ref.json"),
+        ],  # fmt: skip
         "size 200x200: exact diagonalisation needs a 10^",
     ),
     "reference_without_a_route": (

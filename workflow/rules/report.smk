@@ -5,8 +5,10 @@ rule report:
         expand("data/train/{run}/{name}", run=RUNS, name=["metrics.json", "history.csv"]),
         expand("data/distill/{run}/bits{bits}/metrics.json", run=RUNS, bits=BITS),
         expand("data/profile/{run}/bits{bits}{suffix}.csv", run=RUNS, bits=BITS, suffix=["", "_components"]),
+        [f"data/train_vq/{job['run']}/bits{job['bits']}/{name}" for job in VQ_RUNS for name in ("metrics.json", "history.csv")],
+        [f"data/profile_vq/{job['run']}/bits{job['bits']}{suffix}.csv" for job in VQ_RUNS for suffix in ("", "_components")],
         "data/reference/paper_table1.csv",
-        code=["src/vqnqs/report.py", *sources("profiling")],
+        code=sources("report", "profiling", "vmc"),
     output:
         report="results/report.md",
         table="results/table1.csv",

@@ -1,115 +1,29 @@
-"""The final stage: ``results/report.md`` with Table 1, figures (seaborn PNG) and the CSVs behind them.
+"""``results/report.md``: Table 1 beside the paper's numbers, the scaling fits, the figures.
 
-Inputs, per run key of ``params.yaml`` (``systems``) and bandwidth (``distill.bits``)::
-
-    data/reference/<run>.json                      reference energy
-    data/train/<run>/{metrics.json,history.csv}    baseline VMC
-    data/distill/<run>/bits<B>/metrics.json         VQ-NQS student
-    data/profile/<run>/bits<B>.csv                  Table-1 rows (baseline + student), DESIGN.md columns
-    data/profile/<run>/bits<B>_components.csv       FLOPs per sample by component
-
-Outputs in ``--out-dir`` (default ``results``): ``report.md``, ``figures/*.png`` and, beside every
-figure, the CSV it was drawn from (``figures/<name>.csv``). Everything is written atomically.
+Inputs: :mod:`vqnqs.report.inputs`. Outputs in ``--out-dir`` (default ``results``): ``report.md``,
+``table1.csv``, ``tfim_scaling_fits.csv``, ``vq_training.csv``, ``figures/*.png`` and, beside every figure,
+the CSV it was drawn from (``figures/<name>.csv``). Everything is written atomically.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-import matplotlib.ticker
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-matplotlib.use("Agg")  # headless: the report is rendered on servers and in CI
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from vqnqs.io import InputError, atomic_open, ensure_writable_dir, read_json  # noqa: E402
-from vqnqs.profiling import fit_power_law  # noqa: E402
+from vqnqs.io import atomic_open, ensure_writable_dir, read_json
+from vqnqs.profiling import fit_power_law
+from vqnqs.report.inputs import ReportInputs, read_csv
+from vqnqs.report.render import log_ticks, markdown_table, plt, save_figure
+from vqnqs.report.vq_training import vq_training_section
 
 PAPER_TABLE_PATH = Path("data/reference/paper_table1.csv")
 
 
-class ReportInputError(InputError):
-    """A stage output the report needs is missing or malformed."""
-
-
-@dataclass(frozen=True)
-class ReportInputs:
-    """Where every input of the report lives, derived from params."""
-
-    data_dir: Path
-    runs: tuple[str, ...]
-    bits: tuple[int, ...]
-
-    def reference(self, run: str) -> Path:
-        return self.data_dir / "reference" / f"{run}.json"
-
-    def train_dir(self, run: str) -> Path:
-        return self.data_dir / "train" / run
-
-    def distill_dir(self, run: str, bits: int) -> Path:
-        return self.data_dir / "distill" / run / f"bits{bits}"
-
-    def profile(self, run: str, bits: int) -> Path:
-        return self.data_dir / "profile" / run / f"bits{bits}.csv"
-
-    def components(self, run: str, bits: int) -> Path:
-        return self.data_dir / "profile" / run / f"bits{bits}_components.csv"
-
-    def all_files(self) -> list[Path]:
-        files = []
-        for run in self.runs:
-            files += [self.reference(run), self.train_dir(run) / "metrics.json", self.train_dir(run) / "history.csv"]
-            for bits in self.bits:
-                files += [
-                    self.distill_dir(run, bits) / "metrics.json",
-                    self.profile(run, bits),
-                    self.components(run, bits),
-                ]
-        return files
-
-    def check(self, params: dict | None = None) -> None:
-        """Fail before any work, naming the first missing file (and, with ``params``, the first reference
-        that is not of its run's Hamiltonian)."""
-        for path in self.all_files():
-            if not path.is_file():
-                raise ReportInputError(f"{path}: missing (run the stages before the report)")
-        for run in self.runs if params is not None else ():
-            check_reference(read_json(self.reference(run)), params["systems"][run], self.reference(run))
-
-
-def inputs_from_params(params: dict, data_dir: str | Path = "data") -> ReportInputs:
-    return ReportInputs(Path(data_dir), tuple(params["systems"]), tuple(int(b) for b in params["bits"]))
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise ReportInputError(f"{path}: not a readable CSV file ({err})") from err
-
-
 # --- tables ---------------------------------------------------------------------------------------
-
-
-def check_reference(record: dict, system: dict, path: Path) -> None:
-    """The reference must be of the params' Hamiltonian: system, size, boundary, Gamma (TFIM), J, sign rule."""
-    stored = record.get("hamiltonian") if isinstance(record.get("hamiltonian"), dict) else {}
-    expected = {"system": system["system"], "size": system["size"], "boundary": system.get("boundary", "open")}
-    found = {key: record.get(key) for key in expected}
-    expected["J"], found["J"] = float(system.get("J", 1.0)), stored.get("J")
-    if system["system"] == "tfim":
-        expected["gamma"], found["gamma"] = float(system.get("gamma", 1.0)), stored.get("gamma")
-    if system.get("sign_rule") is not None:
-        expected["sign_rule"], found["sign_rule"] = system["sign_rule"], stored.get("sign_rule")
-    for key, value in expected.items():
-        if found[key] != value:
-            raise ReportInputError(f"{path}: {key} is {found[key]!r}, the params' run has {value!r}")
 
 
 def collect_tables(inputs: ReportInputs, params: dict) -> dict[str, pd.DataFrame]:
@@ -128,14 +42,14 @@ def collect_tables(inputs: ReportInputs, params: dict) -> dict[str, pd.DataFrame
                 "source": reference["source"],
             }
         )
-        history = _read_csv(inputs.train_dir(run) / "history.csv").assign(run=run)
+        history = read_csv(inputs.train_dir(run) / "history.csv").assign(run=run)
         curves.append(history)
         for bits in inputs.bits:
-            rows = _read_csv(inputs.profile(run, bits)).assign(run=run)
+            rows = read_csv(inputs.profile(run, bits)).assign(run=run)
             student = read_json(inputs.distill_dir(run, bits) / "metrics.json")
             rows["distill_rel_error"] = student.get("rel_error", math.nan)
             table1.append(rows)
-            components.append(_read_csv(inputs.components(run, bits)).assign(run=run))
+            components.append(read_csv(inputs.components(run, bits)).assign(run=run))
     table1_df = pd.concat(table1, ignore_index=True)
     # The baseline appears once per bandwidth's profile: keep one row per (run, model, bits).
     table1_df = table1_df.drop_duplicates(subset=["run", "model", "bits"]).reset_index(drop=True)
@@ -218,23 +132,6 @@ COMPONENT_GROUPS = {
 }
 
 
-def _log_ticks(ax: plt.Axes, ticks, axis: str = "x") -> None:
-    """Log axis labelled at the data's own values (bits, N), without 6x10^0-style minor labels."""
-    ticks = sorted(set(ticks))
-    getattr(ax, f"set_{axis}scale")("log")
-    getattr(ax, f"set_{axis}ticks")(ticks, labels=[str(t) for t in ticks])
-    getattr(ax, f"{axis}axis").set_minor_formatter(matplotlib.ticker.NullFormatter())
-
-
-def _save_figure(fig: plt.Figure, data: pd.DataFrame, figures: Path, name: str) -> str:
-    with atomic_open(figures / f"{name}.png", "wb") as handle:
-        fig.savefig(handle, format="png", dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    with atomic_open(figures / f"{name}.csv") as handle:
-        data.to_csv(handle, index=False)
-    return f"figures/{name}.png"
-
-
 def figure_convergence(curves: pd.DataFrame, figures: Path) -> str:
     """Relative error per step (faint) and its running median over ~2% of the run (solid)."""
     data = curves[["run", "step", "rel_error"]].dropna().sort_values(["run", "step"])
@@ -246,7 +143,7 @@ def figure_convergence(curves: pd.DataFrame, figures: Path) -> str:
     sns.lineplot(data=data, x="step", y="rel_error", hue="run", alpha=0.25, lw=0.8, legend=False, ax=ax)
     sns.lineplot(data=data, x="step", y="running_median", hue="run", ax=ax)
     ax.set(yscale="log", xlabel="VMC step", ylabel="relative error of E/N", title="Baseline VMC convergence")
-    return _save_figure(fig, data, figures, "vmc_convergence")
+    return save_figure(fig, data, figures, "vmc_convergence")
 
 
 def figure_distillation(table1: pd.DataFrame, figures: Path) -> str:
@@ -264,9 +161,9 @@ def figure_distillation(table1: pd.DataFrame, figures: Path) -> str:
         ylabel="relative error of E/N (exact where enumerable)",
         title="VQ-NQS students vs bandwidth (dashed: baseline teacher)",
     )
-    _log_ticks(ax, data["bits"])
+    log_ticks(ax, data["bits"])
     ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left")  # outside: the lines span the whole plot
-    return _save_figure(fig, data, figures, "distillation_error")
+    return save_figure(fig, data, figures, "distillation_error")
 
 
 def figure_savings(table1: pd.DataFrame, figures: Path) -> str:
@@ -287,11 +184,11 @@ def figure_savings(table1: pd.DataFrame, figures: Path) -> str:
     grid = sns.relplot(data=data, x="bits", y="factor", hue="run", col="measure", kind="line", marker="o", height=3.3)
     grid.set(yscale="log", xlabel="bits")
     for ax in grid.axes.flat:
-        _log_ticks(ax, data["bits"])
+        log_ticks(ax, data["bits"])
     grid.set_titles("{col_name}")
     grid.set_ylabels("dense / dedup")
     grid.figure.suptitle("Local-energy savings of reuse vs bandwidth", y=1.03)
-    return _save_figure(grid.figure, data, figures, "savings_vs_bits")
+    return save_figure(grid.figure, data, figures, "savings_vs_bits")
 
 
 def figure_scaling(components: pd.DataFrame, fits: pd.DataFrame, figures: Path) -> str | None:
@@ -316,27 +213,15 @@ def figure_scaling(components: pd.DataFrame, fits: pd.DataFrame, figures: Path) 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     sns.lineplot(data=data, x="n_sites", y="flops_per_sample", hue="group", style="path", marker="o", ax=ax)
     ax.set(yscale="log", xlabel="N (spins)", ylabel="local-energy FLOPs per sample")
-    _log_ticks(ax, data["n_sites"])
+    log_ticks(ax, data["n_sites"])
     fitted = fits[(fits["bits"] == smallest_bits) & (fits["component"] == "total") & (fits["model"] != "baseline")]
     label = ", ".join(f"{row.path} N^{row.exponent:.2f}" for row in fitted.itertuples())
     ax.set_title(f"TFIM local-energy cost, VQ-NQS {smallest_bits} bits (total: {label})")
     ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left")
-    return _save_figure(fig, data, figures, "tfim_scaling")
+    return save_figure(fig, data, figures, "tfim_scaling")
 
 
 # --- markdown -------------------------------------------------------------------------------------
-
-
-def _markdown_table(frame: pd.DataFrame, floatfmt: str = ".3g") -> str:
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return "" if math.isnan(value) else format(value, floatfmt)
-        return str(value)
-
-    header = "| " + " | ".join(frame.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
 
 
 TABLE1_COLUMNS = [
@@ -395,7 +280,7 @@ def write_report(params: dict, inputs: ReportInputs, out_dir: str | Path) -> Pat
         "",
         "## References",
         "",
-        _markdown_table(tables["references"], ".10f"),
+        markdown_table(tables["references"], ".10f"),
         "",
         "## Table 1: energies and local-energy cost (ours beside the paper's where we hold its numbers)",
         "",
@@ -407,7 +292,7 @@ def write_report(params: dict, inputs: ReportInputs, out_dir: str | Path) -> Pat
         "columns count the engine without it (attention once per location), as the paper's engine does: "
         "compare those with the `paper_*` columns, the paper's values where known (blank otherwise).",
         "",
-        _markdown_table(table1[TABLE1_COLUMNS]),
+        markdown_table(table1[TABLE1_COLUMNS]),
         "",
     ]
     if not fits.empty:
@@ -419,11 +304,14 @@ def write_report(params: dict, inputs: ReportInputs, out_dir: str | Path) -> Pat
             "lengths these exponents mix N with model quality. `benchmarks/tfim_scaling.py` is the controlled "
             "study (the same untrained, data-initialised model at every N).",
             "",
-            _markdown_table(fits[fits["component"] == "total"], ".3f"),
+            markdown_table(fits[fits["component"] == "total"], ".3f"),
             "",
             "Per component: `tfim_scaling_fits.csv`.",
             "",
         ]
+    vq_lines, vq_pictures = vq_training_section(inputs, out_dir, figures)
+    lines += vq_lines
+    pictures.update(vq_pictures)
     lines += ["## Figures", ""]
     for title, path in pictures.items():
         lines += [f"### {title}", "", f"![{title}]({path})", "", f"Data: `{path.removesuffix('.png')}.csv`", ""]

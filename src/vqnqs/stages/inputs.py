@@ -102,7 +102,11 @@ def load_trained(directory: str | Path, what: str, vq: bool, hamiltonian: Hamilt
     path = Path(directory) / MODEL_FILE
     model, info = load_model(path)  # CheckpointError naming the file: missing, truncated, foreign, ...
     if isinstance(model, VQTransformer) != vq:
-        hint = "no VQ model; --model-dir takes a distill" if vq else "a VQ model; --baseline takes the train"
+        hint = (
+            "no VQ model; --model-dir takes a distill (or train --bits)"
+            if vq
+            else "a VQ model; --baseline takes the train"
+        )
         raise InputError(f"{what} {path}: holds {hint} stage's out dir")
     if hamiltonian is not None:
         check_model_fits(model, info, hamiltonian, path)

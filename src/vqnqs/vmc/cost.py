@@ -88,7 +88,9 @@ def measure_rate(model: AutoregressiveTransformer, generator_seed: int = 0) -> R
         start = time.perf_counter()
         model.log_psi(batch)
         forward_s = time.perf_counter() - start
-        o = torch.zeros(PROBE_ROWS, min(model.n_params, PROBE_COLUMNS), dtype=model.head.weight.dtype, device=model.device)
+        o = torch.zeros(
+            PROBE_ROWS, min(model.n_params, PROBE_COLUMNS), dtype=model.head.weight.dtype, device=model.device
+        )
         start = time.perf_counter()
         o @ o.T
         gram_s = time.perf_counter() - start
