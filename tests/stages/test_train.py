@@ -40,10 +40,15 @@ def interrupt(*args, **kwargs):
     raise KeyboardInterrupt
 
 
+# The VQ-NQS of the tiny shape: 2 heads of 4 codes (the codebook buffers travel with the model's state dict).
+VQ = {"model": "vq", "bits": 4, "codes": 4}
+
+
+@pytest.mark.parametrize("model", [{}, VQ], ids=["baseline", "vq"])
 @pytest.mark.parametrize("optimizer", ["sr", "adam"])
-def test_resume_continues_the_exact_trajectory(tmp_path, chain, monkeypatch, optimizer):
+def test_resume_continues_the_exact_trajectory(tmp_path, chain, monkeypatch, optimizer, model):
     hamiltonian, reference = chain
-    config = tiny_config(optimizer=optimizer)
+    config = tiny_config(optimizer=optimizer, **model)
     straight = Trainer(hamiltonian, config, tmp_path / "straight", reference)
     metrics = straight.run(progress=False)
 
@@ -56,8 +61,10 @@ def test_resume_continues_the_exact_trajectory(tmp_path, chain, monkeypatch, opt
     resumed = Trainer(hamiltonian, config, tmp_path / "resumed", reference)
     resumed_metrics = resumed.run(progress=False)
 
-    for key, value in straight.model.state_dict().items():
+    for key, value in straight.model.state_dict().items():  # codebooks and their statistics included
         assert torch.equal(resumed.model.state_dict()[key], value), key
+    if model:
+        assert all(bool(q.initialized) and q.usage_ema.sum() > 0 for q in resumed.model.quantizers)
     assert resumed_metrics["energy_per_site"] == metrics["energy_per_site"]  # same sampler stream at the end
     assert resumed_metrics["steps"] == 6
     rows, resumed_rows = history(tmp_path / "straight"), history(tmp_path / "resumed")
@@ -167,12 +174,14 @@ def test_model_config_patch(system, size, patch, expected):
     assert TrainConfig(patch=patch).transformer_config(hamiltonian).patch == expected
 
 
-def test_the_dedup_local_energy_follows_the_dense_trajectory(tmp_path, chain):
+@pytest.mark.parametrize("model", [{}, VQ], ids=["baseline", "vq"])
+def test_the_dedup_local_energy_follows_the_dense_trajectory(tmp_path, chain, model):
     """The engine is the dense forward reorganised: in float64 both runs take the same steps."""
     hamiltonian, reference = chain
     runs = {}
     for dedup in (True, False):
-        trainer = Trainer(hamiltonian, tiny_config(dtype="float64", dedup=dedup), tmp_path / str(dedup), reference)
+        config = tiny_config(dtype="float64", dedup=dedup, **model)
+        trainer = Trainer(hamiltonian, config, tmp_path / str(dedup), reference)
         runs[dedup] = (trainer.run(progress=False), trainer.model.state_dict())
     (metrics, params), (dense_metrics, dense_params) = runs[True], runs[False]
     for key, value in dense_params.items():
