@@ -239,11 +239,18 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
         help="train a VQ-NQS model of this bandwidth (heads x log2(codes)) by VMC: --set model=vq --set bits=B, "
         "with the params' train_vq sections merged over train",
     )
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="start from the model.pt of a train or distill out dir (every weight whose name and shape match is "
+        "copied, the rest initialised afresh): a dense warm-up, or a distilled student",
+    )
     add_out_dir(parser)
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from vqnqs.stages.inputs import load_reference
+    from vqnqs.stages.inputs import load_reference, load_teacher
     from vqnqs.stages.train import Trainer
 
     if args.bits is not None:
@@ -252,10 +259,15 @@ def run_train(args: argparse.Namespace) -> None:
     with refused_as("train settings"):
         config.transformer_config(hamiltonian)  # the patch must tile the lattice
     reference = load_reference(args.reference, hamiltonian)
+    start_from = None
+    if args.init_from is not None:
+        start_from = load_teacher(args.init_from, hamiltonian, "--init-from", vq_allowed=True)
     check_writable_dir(args.out_dir)
-    trainer = Trainer(hamiltonian, config, args.out_dir, reference)
+    trainer = Trainer(hamiltonian, config, args.out_dir, reference, start_from)
     start(trainer, args)
     used = {"train": config.to_dict(), "reference": str(args.reference)}
+    if start_from is not None:
+        used.update(init_from=str(args.init_from), init_digest=start_from.digest)
     tags = {"bits": config.bits} if config.model == "vq" else {}
     with open_run("train", settings, params, args.run, used, trainer, model=config.model, **tags) as run:
         metrics = trainer.run(run, resume=False)

@@ -446,3 +446,16 @@ def test_codebook_upkeep_resumes_from_a_state_dict() -> None:
     torch.random.set_rng_state(rng)
     codebook_upkeep(fresh, batches[3])
     assert_same_state(fresh, model_state(model))
+
+
+def test_from_teacher_copies_a_quantiser_whole_or_not_at_all() -> None:
+    """A VQ source of another bandwidth: its codebooks do not fit, so none of its quantiser state is taken (the
+    student's quantisers stay uninitialised, to be fitted to data at their first upkeep)."""
+    config = TransformerConfig((4, 4), 2, 16, 2, 1)
+    source = random_vq_model(config, VQConfig(heads=2, codes=8))
+    same, other = make_vq_model(config, VQConfig(heads=2, codes=8)), make_vq_model(config, VQConfig(heads=4, codes=8))
+    copied_same, copied_other = from_teacher(same, source), from_teacher(other, source)
+    assert all(bool(q.initialized) for q in same.quantizers) and "blocks.0.attn.quantizer.initialized" in copied_same
+    assert not any(bool(q.initialized) for q in other.quantizers)
+    assert not any("quantizer" in name for name in copied_other)
+    assert "blocks.0.attn.qkv_proj.weight" in copied_other

@@ -187,3 +187,24 @@ def test_the_dedup_local_energy_follows_the_dense_trajectory(tmp_path, chain, mo
     for key, value in dense_params.items():
         torch.testing.assert_close(params[key], value, rtol=1e-9, atol=1e-11)
     assert metrics["energy_per_site"] == pytest.approx(dense_metrics["energy_per_site"], rel=1e-10)
+
+
+def test_a_vq_training_starts_from_a_trained_baseline(tmp_path, chain):
+    """--init-from: every baseline weight is copied into the VQ model (the codebooks start fresh, fitted to data
+    at the first upkeep); a checkpoint written from another start is stale."""
+    from vqnqs.stages.inputs import load_teacher
+    from vqnqs.vmc.checkpoint import StaleCheckpoint
+
+    hamiltonian, reference = chain
+    Trainer(hamiltonian, tiny_config(), tmp_path / "dense", reference).run(progress=False)
+    start = load_teacher(tmp_path / "dense", hamiltonian, "--init-from", vq_allowed=True)
+    trainer = Trainer(hamiltonian, tiny_config(**VQ), tmp_path / "vq", reference, start)
+    state = trainer.model.state_dict()
+    for name, value in start.model.state_dict().items():
+        assert torch.equal(state[name], value), name
+    assert not any(bool(q.initialized) for q in trainer.model.quantizers)
+    trainer.run(progress=False)
+
+    other = Trainer(hamiltonian, tiny_config(**VQ), tmp_path / "vq", reference)  # from scratch: another start
+    with pytest.raises(StaleCheckpoint, match="another --init-from"):
+        other.restore()

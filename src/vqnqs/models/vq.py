@@ -347,14 +347,25 @@ def from_teacher(student: nn.Module, teacher: nn.Module) -> list[str]:
     """Copy into ``student`` every teacher ``state_dict`` entry whose name and shape match; returns their names.
 
     Used to start a distilled VQ student from the baseline teacher: every baseline weight matches, the
-    codebooks and quantiser buffers (absent from the teacher) keep the student's values.
+    codebooks and quantiser buffers (absent from the teacher) keep the student's values. A quantiser is copied
+    whole or not at all: one whose codebook does not match (another bandwidth) keeps all of its own state, so
+    it is still initialised from data at its first upkeep.
     """
-    student_state = student.state_dict()
+    student_state, teacher_state = student.state_dict(), teacher.state_dict()
+
+    def matches(name: str) -> bool:
+        return (
+            name in student_state and name in teacher_state and student_state[name].shape == teacher_state[name].shape
+        )
+
+    foreign = tuple(
+        f"{prefix}." for prefix, module in student.named_modules()
+        if isinstance(module, VectorQuantizer) and not matches(f"{prefix}.codebook")
+    )  # fmt: skip
     copied = []
     with torch.no_grad():
-        for name, value in teacher.state_dict().items():
-            target = student_state.get(name)
-            if target is not None and target.shape == value.shape:
-                target.copy_(value)
+        for name, value in teacher_state.items():
+            if matches(name) and not name.startswith(foreign):
+                student_state[name].copy_(value)
                 copied.append(name)
     return copied

@@ -128,23 +128,26 @@ class Teacher:
         return finite_number({**self.info, **self.metrics}, "energy_per_site")
 
 
-def load_teacher(directory: str | Path, hamiltonian: Hamiltonian | None = None) -> Teacher:
-    """The teacher of a train stage out dir (``model.pt``, ``metrics.json``); raises ``CheckpointError``.
+def load_teacher(
+    directory: str | Path, hamiltonian: Hamiltonian | None = None, what: str = "teacher", vq_allowed: bool = False
+) -> Teacher:
+    """The model of a train (or, ``vq_allowed``, distill) stage out dir (``model.pt``, ``metrics.json``); raises
+    ``CheckpointError`` naming ``what``: a distillation's teacher, or the start of a training (``--init-from``).
 
-    With ``hamiltonian``, the teacher must have been trained for that system (size, boundary, couplings).
+    With ``hamiltonian``, the model must have been trained for that system (size, boundary, couplings).
     """
     directory = Path(directory)
     if not directory.is_dir():
-        raise CheckpointError(f"teacher directory {directory}: not found")
+        raise CheckpointError(f"{what} directory {directory}: not found")
     path = directory / MODEL_FILE
     model, info = load_model(path)
-    if isinstance(model, VQTransformer):
-        raise CheckpointError(f"teacher {path}: holds a VQ model; the teacher must be a baseline transformer")
+    if isinstance(model, VQTransformer) and not vq_allowed:
+        raise CheckpointError(f"{what} {path}: holds a VQ model; the {what} must be a baseline transformer")
     if hamiltonian is not None:
         try:
             check_model_fits(model, info, hamiltonian, path)
         except InputError as err:
-            raise CheckpointError(f"teacher {err}") from err
+            raise CheckpointError(f"{what} {err}") from err
     metrics_path = directory / METRICS_FILE
     metrics = read_json(metrics_path) if metrics_path.exists() else {}
     digest = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from vqnqs.models import AutoregressiveTransformer, VQTransformer, make_vq_model
+from vqnqs.models import AutoregressiveTransformer, VQTransformer, from_teacher, make_vq_model
 from vqnqs.physics.hamiltonian import Hamiltonian
 from vqnqs.stages.config import DTYPES, TrainConfig, check_bits
 from vqnqs.stages.driver import METRICS_KEYS, Stage, mean_of
-from vqnqs.stages.inputs import system_info
+from vqnqs.stages.inputs import Teacher, system_info
 from vqnqs.vmc.checkpoint import model_config_to_dict
 from vqnqs.vmc.cost import estimate_line, measure_rate, vmc_step_flops
 from vqnqs.vmc.enumeration import exact_metrics
@@ -52,8 +52,18 @@ class Trainer(Stage):
     history_columns = HISTORY_COLUMNS
     final_keys = tuple(key for key in METRICS_KEYS if key != "steps")
 
-    def __init__(self, hamiltonian: Hamiltonian, config: TrainConfig, out_dir: str | Path, reference: float) -> None:
+    def __init__(
+        self,
+        hamiltonian: Hamiltonian,
+        config: TrainConfig,
+        out_dir: str | Path,
+        reference: float,
+        init_from: Teacher | None = None,
+    ) -> None:
+        """``init_from``: a trained model to start from (every weight whose name and shape match is copied,
+        :func:`vqnqs.models.from_teacher`; the rest keeps its fresh initialisation)."""
         super().__init__(hamiltonian, config, out_dir, reference)
+        self.init_from = init_from
         self.model_config = config.transformer_config(hamiltonian)
         torch.manual_seed(config.seed)  # parameter initialisation (codebooks: data-initialised by the first upkeep)
         if config.model == "vq":
@@ -61,9 +71,15 @@ class Trainer(Stage):
         else:
             model = AutoregressiveTransformer(self.model_config)
         self.model = model.to(self.device, DTYPES[config.dtype])
+        if init_from is not None:
+            from_teacher(self.model, init_from.model.to(self.device, DTYPES[config.dtype]))
         self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr)
         self.generator = torch.Generator(self.device).manual_seed(config.seed)  # the sampler's stream
         self.generators = {"sampler": self.generator}
+
+    def stale_identity(self) -> dict[str, tuple[object, str]]:
+        digest = None if self.init_from is None else self.init_from.digest
+        return {"init_digest": (digest, "another --init-from model.pt")}
 
     def state_dict(self) -> dict:
         return {
