@@ -17,7 +17,7 @@ bound: repeated samples are evaluated once) and every connection as valid (an up
     sampling      Ns F               (the KV cache computes each position once; T sequential calls)
     local energy  Ns M F             (dense forward; the dedup engine computes less)
     gradient      3 Ns F             (forward and backward of the per-sample log-derivatives)
-    SR            2 Ns^2 Np          (the minSR Gram matrix; its Ns x Ns solve is smaller while Ns < Np)
+    SR            Ns^2 Np            (the minSR Gram matrix from its lower triangle; its solve is smaller)
 
 Seconds: the network's FLOPs at the rate of one timed forward of a probe batch, plus the sequential sampler's
 overhead from one timed probe sample; the SR FLOPs at the rate of one timed matrix product of the Gram's shape.
@@ -57,7 +57,7 @@ def vmc_step_flops(model: AutoregressiveTransformer, hamiltonian: Hamiltonian, n
         "sampling": n_samples * flops,
         "local energy": n_samples * hamiltonian.max_connections * flops,
         "gradient": 3 * n_samples * flops,
-        "SR": 2.0 * n_samples**2 * model.n_params,
+        "SR": float(n_samples**2 * model.n_params),
     }
 
 
