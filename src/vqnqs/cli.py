@@ -243,8 +243,8 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
         "--init-from",
         type=Path,
         default=None,
-        help="start from the model.pt of a train or distill out dir (every weight whose name and shape match is "
-        "copied, the rest initialised afresh): a dense warm-up, or a distilled student",
+        help="start from the model.pt of a train or distill out dir, of this system on any lattice size (every weight "
+        "whose name and shape match is copied, the rest initialised afresh): a warm-up, a student, a smaller lattice",
     )
     add_out_dir(parser)
 
@@ -261,7 +261,7 @@ def run_train(args: argparse.Namespace) -> None:
     reference = load_reference(args.reference, hamiltonian)
     start_from = None
     if args.init_from is not None:
-        start_from = load_teacher(args.init_from, hamiltonian, "--init-from", vq_allowed=True)
+        start_from = load_teacher(args.init_from, hamiltonian, "--init-from", start=True)
     check_writable_dir(args.out_dir)
     trainer = Trainer(hamiltonian, config, args.out_dir, reference, start_from)
     start(trainer, args)

@@ -197,7 +197,7 @@ def test_a_vq_training_starts_from_a_trained_baseline(tmp_path, chain):
 
     hamiltonian, reference = chain
     Trainer(hamiltonian, tiny_config(), tmp_path / "dense", reference).run(progress=False)
-    start = load_teacher(tmp_path / "dense", hamiltonian, "--init-from", vq_allowed=True)
+    start = load_teacher(tmp_path / "dense", hamiltonian, "--init-from", start=True)
     trainer = Trainer(hamiltonian, tiny_config(**VQ), tmp_path / "vq", reference, start)
     state = trainer.model.state_dict()
     for name, value in start.model.state_dict().items():
@@ -208,3 +208,22 @@ def test_a_vq_training_starts_from_a_trained_baseline(tmp_path, chain):
     other = Trainer(hamiltonian, tiny_config(**VQ), tmp_path / "vq", reference)  # from scratch: another start
     with pytest.raises(StaleCheckpoint, match="another --init-from"):
         other.restore()
+
+
+def test_a_training_starts_from_a_smaller_lattice(tmp_path, chain):
+    """--init-from a model of the same system on fewer sites: every weight but the position embeddings."""
+    from vqnqs.stages.inputs import load_teacher
+    from vqnqs.vmc.checkpoint import CheckpointError
+
+    hamiltonian, reference = chain  # TFIM, 8 sites
+    Trainer(hamiltonian, tiny_config(**VQ), tmp_path / "small", reference).run(progress=False)
+    larger = build_hamiltonian("tfim", "12")
+    start = load_teacher(tmp_path / "small", larger, "--init-from", start=True)
+    trainer = Trainer(larger, tiny_config(**VQ), tmp_path / "large", reference)
+    fresh = {name: value.clone() for name, value in trainer.model.state_dict().items()}
+    trainer = Trainer(larger, tiny_config(**VQ), tmp_path / "large", reference, start)
+    for name, value in trainer.model.state_dict().items():
+        expected = fresh[name] if name == "pos_emb.weight" else start.model.state_dict()[name]
+        assert torch.equal(value, expected), name
+    with pytest.raises(CheckpointError, match="trained for system"):
+        load_teacher(tmp_path / "small", build_hamiltonian("heisenberg", "12"), "--init-from", start=True)

@@ -87,13 +87,16 @@ def check_model_dir(directory: str | Path, what: str) -> tuple[Path, Path]:
     return files
 
 
-def check_model_fits(model: AutoregressiveTransformer, info: dict, hamiltonian: Hamiltonian, path: Path) -> None:
-    """The model must describe ``hamiltonian``'s lattice and, where its info says, the same system."""
+def check_model_fits(
+    model: AutoregressiveTransformer, info: dict, hamiltonian: Hamiltonian, path: Path, any_size: bool = False
+) -> None:
+    """The model must describe ``hamiltonian``'s lattice and, where its info says, the same system (with
+    ``any_size``, the same system on a lattice of any size and the same dimension)."""
     for key, value in system_info(hamiltonian).items():
-        if key in info and info[key] != value:
+        if key in info and info[key] != value and not (any_size and key in ("size", "n_sites")):
             raise InputError(f"{path}: trained for {key} {info[key]!r}, this run has {value!r}")
     shape, expected = tuple(model.config.lattice_shape), tuple(hamiltonian.lattice.shape)
-    if shape != expected:
+    if (len(shape) != len(expected)) if any_size else (shape != expected):
         raise InputError(f"{path}: model lattice {shape}, this run has {expected}")
 
 
@@ -129,10 +132,11 @@ class Teacher:
 
 
 def load_teacher(
-    directory: str | Path, hamiltonian: Hamiltonian | None = None, what: str = "teacher", vq_allowed: bool = False
+    directory: str | Path, hamiltonian: Hamiltonian | None = None, what: str = "teacher", start: bool = False
 ) -> Teacher:
-    """The model of a train (or, ``vq_allowed``, distill) stage out dir (``model.pt``, ``metrics.json``); raises
-    ``CheckpointError`` naming ``what``: a distillation's teacher, or the start of a training (``--init-from``).
+    """The model of a train stage out dir (``model.pt``, ``metrics.json``); raises ``CheckpointError`` naming
+    ``what``. A distillation's teacher is a baseline of the same lattice; the ``start`` of a training
+    (``--init-from``) may be a VQ model, and of another lattice size (its position embeddings then start afresh).
 
     With ``hamiltonian``, the model must have been trained for that system (size, boundary, couplings).
     """
@@ -141,11 +145,11 @@ def load_teacher(
         raise CheckpointError(f"{what} directory {directory}: not found")
     path = directory / MODEL_FILE
     model, info = load_model(path)
-    if isinstance(model, VQTransformer) and not vq_allowed:
+    if isinstance(model, VQTransformer) and not start:
         raise CheckpointError(f"{what} {path}: holds a VQ model; the {what} must be a baseline transformer")
     if hamiltonian is not None:
         try:
-            check_model_fits(model, info, hamiltonian, path)
+            check_model_fits(model, info, hamiltonian, path, any_size=start)
         except InputError as err:
             raise CheckpointError(f"{what} {err}") from err
     metrics_path = directory / METRICS_FILE
