@@ -182,9 +182,17 @@ class VectorQuantizer(nn.Module):
         return rearrange(neg_dist, "h n q -> n h q").reshape(*lead, self.heads, self.codes)
 
     def encode(self, x: Tensor) -> Tensor:
-        """``x (..., d)`` -> codes ``(..., H)`` int64, the nearest codeword per head."""
+        """``x (..., d)`` -> codes ``(..., H)`` int64, the nearest codeword per head (ties -> lowest index).
+
+        ``argmin_j ||x_h - W_hj||^2 = argmin_j (||W_hj||^2 - 2 x_h.W_hj)``: ``||x_h||^2`` is the same for every
+        code, so the scores are one fused matmul and no square root. Every path (dense, dedup, training)
+        takes its codes from here.
+        """
         with torch.no_grad():
-            return self.distances(x).argmax(dim=-1)
+            rows = rearrange(x.reshape(-1, self.d_model), "n (h e) -> h n e", h=self.heads)  # (H, n, e)
+            w = self.codebook  # (H, Q, e)
+            scores = torch.baddbmm((w * w).sum(-1).unsqueeze(1), rows, w.transpose(1, 2), alpha=-2.0)  # (H, n, Q)
+            return rearrange(scores.argmin(dim=-1), "h n -> n h").reshape(*x.shape[:-1], self.heads)
 
     def decode(self, codes: Tensor) -> Tensor:
         """``codes (..., H)`` -> ``(..., d)``: the codebook rows, heads concatenated."""
@@ -200,12 +208,12 @@ class VectorQuantizer(nn.Module):
         dedup engine calls it so, through ``__call__``, so that module hooks (FLOP counters) attribute the
         distances to this module.
         """
+        codes = self.encode(x)  # (..., H)
         if codes_only:
-            return self.encode(x)
-        z = self.distances(x)  # (..., H, Q)
-        codes = z.argmax(dim=-1)  # (..., H)
+            return codes
         if not (self.training and torch.is_grad_enabled()):
             return self.decode(codes)
+        z = self.distances(x)  # (..., H, Q): only the straight-through gradient needs them
         # Eq. 8. The parentheses matter: (soft - SG[soft]) is exactly 0, so g is exactly one-hot.
         hard = torch.zeros_like(z).scatter(-1, codes.unsqueeze(-1), 1.0)
         soft = z.softmax(dim=-1)
