@@ -9,21 +9,19 @@ written atomically).
 from __future__ import annotations
 
 import argparse
-import math
 import signal
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import yaml
-
+from vqnqs.cli_args import Parser, finite_float, output_file, set_argument, size_argument
 from vqnqs.cli_help import STAGE_TEXTS
-from vqnqs.config import DEFAULT_PARAMS_PATH, ParamsError, load_params, load_yaml, yaml_problem
+from vqnqs.config import DEFAULT_PARAMS_PATH, ParamsError, load_params
 from vqnqs.io import OutputError, check_writable_dir, write_json
 from vqnqs.knobs import knob_defaults
 from vqnqs.physics.hamiltonian import SYSTEMS
-from vqnqs.physics.lattice import BOUNDARIES, parse_size
+from vqnqs.physics.lattice import BOUNDARIES
 from vqnqs.physics.reference import DEFAULT_LITERATURE_KEY, DEFAULT_LITERATURE_PATH, METHODS, compute_reference
 from vqnqs.stages.config import DistillConfig, ProfileConfig, TrainConfig
 from vqnqs.stages.settings import (
@@ -38,41 +36,6 @@ from vqnqs.stages.settings import (
 from vqnqs.tracking import Terminated, TrackingError
 from vqnqs.vmc.local_energy import check_chunk_fits
 from vqnqs.vmc.step import TrainingError
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument on one line (the full usage is in ``--help``)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-# --- argument types: each names what it expected ------------------------------------------------
-
-
-def size_argument(text: str) -> str:
-    try:
-        parse_size(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"{text!r}: {str(err).removeprefix(f'size {text!r}: ')}") from err
-    return text.strip()
-
-
-def finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def output_file(text: str) -> Path:
-    path = Path(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a directory; expected a file path")
-    return path
 
 
 def subcommand(
@@ -214,19 +177,6 @@ def run_reference(args: argparse.Namespace) -> None:
         f"{record['system']} {record['size']} {record['boundary']}: E0/N = {record['energy_per_site']:.10f} "
         f"({record['method']}, {record['wall_time_s']:.2f} s) -> {args.out}"
     )
-
-
-def set_argument(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` for ``--set``, the value read as YAML (``steps=300``, ``optimizer=adam``, ``d_ff=null``)."""
-    key, separator, value = text.partition("=")
-    if not separator or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key.strip(), load_yaml(value)
-    except yaml.YAMLError as err:
-        raise argparse.ArgumentTypeError(
-            f"{key.strip()}: value {value!r} is not valid YAML ({yaml_problem(err)})"
-        ) from err
 
 
 def add_train(subparsers: argparse._SubParsersAction) -> None:
@@ -402,11 +352,11 @@ STAGES: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="vqnqs",
         description="Neural quantum states with vector-quantised dedup of the local energy (VQ-NQS).",
     )
-    subparsers = parser.add_subparsers(title="stages", dest="stage", required=True, parser_class=_Parser)
+    subparsers = parser.add_subparsers(title="stages", dest="stage", required=True, parser_class=Parser)
     for add_stage in STAGES:
         add_stage(subparsers)
     return parser
