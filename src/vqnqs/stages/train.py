@@ -1,4 +1,6 @@
-"""The ``train`` stage: VMC of the transformer (:func:`vqnqs.vmc.step.vmc_step`) from scratch to ``steps``.
+"""The ``train`` stage: VMC (:func:`vqnqs.vmc.step.vmc_step`) of the transformer, or with ``model: vq`` of a
+VQ-NQS of ``bits`` bits (straight-through derivatives, codebooks kept up by the step), to ``steps``; from
+scratch, or from the weights of another trained model (``init_from``).
 
 Out dir (all written atomically; :mod:`vqnqs.stages.driver`)::
 
