@@ -86,10 +86,9 @@ def yaml_problem(err: yaml.YAMLError) -> str:
     return f"{problem}, line {mark.line + 1} column {mark.column + 1}" if mark else problem
 
 
-def train_mapping(params: dict, entry: dict, vq: bool) -> dict:
-    """The ``train`` knobs of a run: ``train``, then (for a VQ model trained by VMC) ``train_vq``, then the
-    run's own ``train`` and ``train_vq`` mappings, each merged over the ones before."""
-    sections = ("train", "train_vq") if vq else ("train",)
+def section_mapping(params: dict, entry: dict, sections: tuple[str, ...]) -> dict:
+    """The knobs of a run's stage: each of ``sections`` of params, then each of the run's own (``entry``), each
+    merged over the ones before (a stage config's ``sections``)."""
     return {
         key: value
         for node in (params, entry)
@@ -119,7 +118,8 @@ def _check_sections(params: dict, source: str) -> None:
         where = f"{source}: train_vq_runs[{index}]"
         if job["run"] not in params["systems"]:
             raise ParamsError(f"{where}: run {job['run']!r} is not in systems (have: {', '.join(params['systems'])})")
-        mapping = {**train_mapping(params, params["systems"][job["run"]], vq=True), "model": "vq", "bits": job["bits"]}
+        given = {"model": "vq", "bits": job["bits"]}
+        mapping = {**section_mapping(params, params["systems"][job["run"]], TrainConfig.sections(given)), **given}
         try:
             TrainConfig.from_mapping(mapping)
         except ValueError as err:

@@ -120,6 +120,11 @@ class TrainConfig(RunConfig, QuantizerConfig, ModelShape, VMCConfig):
     # Bits per location of model 'vq' (heads x log2(codes)); required by it, refused for the baseline.
     bits: int | None = knob(None, minimum=1)
 
+    @classmethod
+    def sections(cls, given: dict) -> tuple[str, ...]:
+        """``train``, and for a VQ-NQS trained by VMC (``model=vq`` given) ``train_vq`` merged over it."""
+        return ("train", "train_vq") if given.get("model") == "vq" else ("train",)
+
     def check(self) -> None:
         super().check()
         if self.model == "vq" and self.bits is None:

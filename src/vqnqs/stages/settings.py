@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from vqnqs.config import load_params, run_settings, train_mapping
+from vqnqs.config import load_params, run_settings, section_mapping
 from vqnqs.physics.hamiltonian import Hamiltonian, build_hamiltonian
 from vqnqs.stages.config import resolve_device
 from vqnqs.tracking import Run
@@ -66,14 +66,11 @@ def hamiltonian_from(settings: dict) -> Hamiltonian:
 
 
 def stage_config(cls: type, params: dict, settings: dict, overrides: list[tuple[str, Any]]) -> Any:
-    """``cls`` (a stage config) from params' section, the run's own section and ``--set`` overrides (train: with
-    the ``train_vq`` sections too when the command line asks for model 'vq', :func:`vqnqs.config.train_mapping`);
-    a bad value is a :class:`UsageError` naming the section and the key."""
+    """``cls`` (a stage config) from params' sections (``cls.sections``), the run's own ones and ``--set``
+    overrides (:func:`vqnqs.config.section_mapping`); a bad value is a :class:`UsageError` naming the section
+    and the key."""
     section, given = cls.section, dict(overrides)
-    if section == "train":
-        merged = {**train_mapping(params, settings, vq=given.get("model") == "vq"), **given}
-    else:
-        merged = {**(params.get(section) or {}), **(settings.get(section) or {}), **given}
+    merged = {**section_mapping(params, settings, cls.sections(given)), **given}
     with refused_as(f"{section} settings"):
         config = cls.from_mapping(merged)
         resolve_device(config.device)  # a device that is not there is refused now, before any work

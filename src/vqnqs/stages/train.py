@@ -19,7 +19,7 @@ import torch
 
 from vqnqs.models import AutoregressiveTransformer, VQTransformer, from_teacher, make_vq_model
 from vqnqs.physics.hamiltonian import Hamiltonian
-from vqnqs.stages.config import DTYPES, TrainConfig, check_bits
+from vqnqs.stages.config import DTYPES, TrainConfig
 from vqnqs.stages.driver import METRICS_KEYS, Stage, mean_of
 from vqnqs.stages.inputs import Teacher, system_info
 from vqnqs.vmc.checkpoint import model_config_to_dict
@@ -134,9 +134,9 @@ class Trainer(Stage):
     def summary(self, metrics: dict) -> dict:
         config = self.config
         quantiser = {}
-        if config.model == "vq":
-            heads, codes = check_bits(config.bits, config.codes, config.d_model)
-            quantiser = {"bits": config.bits, "heads": heads, "codes": codes}
+        if isinstance(self.model, VQTransformer):
+            vq = self.model.vq_config
+            quantiser = {"bits": config.bits, "heads": vq.heads, "codes": vq.codes}
         return {
             "eloc_configs_per_s": mean_of(self.history, "eloc_configs_per_s"),
             "samples_per_s": mean_of(self.history, "samples_per_s"),

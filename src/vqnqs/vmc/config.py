@@ -28,6 +28,11 @@ class Config:
         """Checks that involve several fields (``ValueError`` naming the first)."""
 
     @classmethod
+    def sections(cls, given: dict[str, Any]) -> tuple[str, ...]:
+        """The params sections this config is read from, in merge order, given the command line's ``--set``."""
+        return (cls.section,)
+
+    @classmethod
     def from_mapping(cls, mapping: dict[str, Any]) -> Any:
         """Build from a params mapping or ``--set`` values; an unknown key raises ``ValueError`` naming it."""
         return config_from_mapping(cls, mapping, cls.section or cls.__name__)
