@@ -31,13 +31,16 @@ class ExecutionPolicy:
     # Key rows (sequences x T) gathered per attention step: the step's temporaries stay a few MB,
     # cache-resident and recycled by the allocator (large allocations are fresh, page-faulting memory).
     attention_chunk_rows: int = 8192
+    # Elements (samples x connections x T x d) of one step of the incremental engine: it holds a few tensors
+    # of that size (every row's updated attention output), so this bounds its memory.
+    config_elements: int = 2**23
     # Intra-op threads of everything but the large per-location matmul stages; None: the caller's setting.
     small_op_threads: int | None = 1
     # A per-location matmul stage on at least this many rows runs on the caller's threads.
     parallel_min_rows: int = 8192
 
     def __post_init__(self) -> None:
-        for name in ("row_chunk", "attention_chunk_rows", "parallel_min_rows"):
+        for name in ("row_chunk", "attention_chunk_rows", "config_elements", "parallel_min_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} {getattr(self, name)}: must be a positive integer")
         if self.small_op_threads is not None and self.small_op_threads < 1:

@@ -7,6 +7,8 @@ the causal mixing per sequence (:class:`CausalMixing`, i.e. :func:`causal_attent
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from einops import rearrange
 from torch import Tensor, nn
@@ -33,6 +35,33 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return weights @ v  # (..., Tq, e)
 
 
+@dataclass
+class AttentionSums:
+    """Causal attention of one head-major batch kept as its max-stabilised sums (the incremental engine's
+    cache): ``output = numerator / denominator``, the same value as :func:`causal_attention`."""
+
+    scores: Tensor  # (..., T, T) q.k / sqrt(e), -inf in the future
+    max: Tensor  # (..., T) the largest score of each row
+    denominator: Tensor  # (..., T) sum_j exp(score_ij - max_i)
+    numerator: Tensor  # (..., T, e) sum_j exp(score_ij - max_i) v_j
+
+    @property
+    def output(self) -> Tensor:
+        """``(..., T, e)``: the attention output."""
+        return self.numerator / self.denominator[..., None]
+
+
+def causal_attention_sums(q: Tensor, k: Tensor, v: Tensor) -> AttentionSums:
+    """:func:`causal_attention` of ``q, k, v (..., T, e)`` (queries at every position) as its sums."""
+    n_tokens = q.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (..., T, T)
+    future = torch.ones(n_tokens, n_tokens, dtype=torch.bool, device=q.device).triu(1)
+    scores = scores.masked_fill(future, float("-inf"))
+    row_max = scores.amax(dim=-1)  # (..., T): finite, every row keeps its own position
+    weights = torch.exp(scores - row_max[..., None])  # (..., T, T)
+    return AttentionSums(scores, row_max, weights.sum(dim=-1), weights @ v)
+
+
 class CausalMixing(nn.Module):
     """:func:`causal_attention` as a stateless module, owned by :class:`CausalSelfAttention` (``attn.mixing``).
 
@@ -41,9 +70,10 @@ class CausalMixing(nn.Module):
     represents): both run the same arithmetic, and module hooks (FLOP attribution) see it in both.
     """
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """``q (..., Tq, e)``, ``k, v (..., Tk, e)`` head-major -> ``(..., Tq, e)``."""
-        return causal_attention(q, k, v)
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, keep_sums: bool = False) -> Tensor | AttentionSums:
+        """``q (..., Tq, e)``, ``k, v (..., Tk, e)`` head-major -> ``(..., Tq, e)``; with ``keep_sums`` (queries
+        at every position, ``Tq = Tk``) the :class:`AttentionSums` instead (the incremental engine's cache)."""
+        return causal_attention_sums(q, k, v) if keep_sums else causal_attention(q, k, v)
 
 
 class CausalSelfAttention(nn.Module):
@@ -59,6 +89,7 @@ class CausalSelfAttention(nn.Module):
         self.n_heads = n_heads
         self.qkv_proj = nn.Linear(d_model, 3 * d_model)
         self.mixing = CausalMixing()  # stateless: no parameters, no state_dict entries
+        self.update = IncrementalMixing()  # stateless: the mixing updated per connected configuration
         self.quantizer: nn.Module = nn.Identity()
         self.out_proj = nn.Linear(d_model, d_model)  # W_O
 
@@ -86,3 +117,102 @@ class CausalSelfAttention(nn.Module):
             v = torch.cat([cache[1], v], dim=1)
         mixed = self.attend(q, k, v)
         return self.out_proj(self.quantizer(mixed)), (k, v)
+
+
+@dataclass
+class SampleAttention:
+    """One block's attention of the samples, as the incremental engine caches it."""
+
+    q: Tensor  # (B, H, T, e)
+    k: Tensor  # (B, H, T, e)
+    v: Tensor  # (B, H, T, e)
+    sums: AttentionSums  # scores (B, H, T, T); max, denominator (B, H, T); numerator (B, H, T, e)
+
+
+@dataclass
+class SlotAttention:
+    """Connected configurations ``(K,)`` of the samples ``owner (K,)``, and the rows of each that are computed in
+    full ("slots", padded to ``W``): their positions and their own queries, keys and values. A ``changed``
+    slot's key and value replace the sample's at its position; an unchanged one (a row recomputed for safety,
+    its state the sample's) replaces nothing."""
+
+    owner: Tensor  # (K,) int64: the sample each configuration is connected to
+    pos: Tensor  # (K, W) int64; padding at any valid position index
+    valid: Tensor  # (K, W) bool: a real slot, not padding
+    changed: Tensor  # (K, W) bool: its state differs from the sample's
+    q: Tensor  # (K, H, W, e)
+    k: Tensor  # (K, H, W, e)
+    v: Tensor  # (K, H, W, e)
+
+
+# A row is recomputed in full when the keys it loses carry more than this share of its softmax weight (the
+# subtraction would cancel), or when a new key's weight exceeds exp(MAX_LOG_WEIGHT) times its old maximum.
+REDO_SHARE = 0.9
+MAX_LOG_WEIGHT = 60.0
+
+
+class IncrementalMixing(nn.Module):
+    """The causal mixing of connected configurations, updated from their samples' :class:`AttentionSums`.
+
+    A connected configuration ``s'`` changes the states of a few positions (its ``changed`` slots). A row ``i``
+    whose own state is the sample's keeps the sample's query and sees changed keys ``j <= i`` only::
+
+        Z'_i = Z_i - sum_j exp(S_ij - m_i) + sum_j exp(S'_ij - m_i)
+        N'_i = N_i - sum_j exp(S_ij - m_i) v_j + sum_j exp(S'_ij - m_i) v'_j,   a'_i = N'_i / Z'_i
+
+    (``j`` over the changed positions ``<= i``: ``O(W e)`` per row instead of ``O(i e)``); rows before the first
+    change get ``a'_i = N_i / Z_i``, the sample's output, exactly. Slot rows are computed in full: their
+    queries against the sample's keys with the changed ones replaced. ``redo (K, T)`` flags the other rows
+    where the update is not trustworthy (:data:`REDO_SHARE`, :data:`MAX_LOG_WEIGHT`): the caller makes them
+    slots and calls again. Stateless; a module so that FLOP attribution counts it as the block's attention.
+    """
+
+    def forward(self, sample: SampleAttention, slots: SlotAttention) -> tuple[Tensor, Tensor]:
+        """-> the attention outputs ``(K, H, T, e)`` of every row of every configuration, and ``redo (K, T)``."""
+        n_heads, n_tokens, e = sample.q.shape[1:]
+        n_conf, width = slots.pos.shape
+        owner, scale = slots.owner, e**-0.5
+        t = torch.arange(n_tokens, device=owner.device)
+        moved = slots.changed & slots.valid  # (K, W): keys that differ from the sample's
+        sums = sample.sums
+
+        # Rows whose query is the sample's: remove the old terms of the changed keys, add the new ones.
+        heads = torch.arange(n_heads, device=owner.device)[None, :, None, None]
+        s_old = sums.scores[owner[:, None, None, None], heads, t[None, None, :, None], slots.pos[:, None, None, :]]
+        s_new = torch.einsum("khte,khwe->khtw", sample.q[owner], slots.k) * scale  # (K, H, T, W)
+        visible = (moved[:, None, :] & (slots.pos[:, None, :] <= t[:, None]))[:, None]  # (K, 1, T, W)
+        row_max = sums.max[owner][..., None]  # (K, H, T, 1)
+        w_new = torch.where(visible, torch.exp(s_new - row_max), 0.0)
+        w_old = torch.where(visible, torch.exp(s_old - row_max), 0.0)
+        removed = w_old.sum(-1)  # (K, H, T)
+        denominator = sums.denominator[owner]
+        log_weight = torch.where(visible, s_new - row_max, float("-inf")).amax(-1)  # (K, H, T)
+        redo = ((removed > REDO_SHARE * denominator) | (log_weight > MAX_LOG_WEIGHT)).any(dim=1)  # (K, T)
+        v_old = sample.v[owner[:, None, None], heads[..., 0], slots.pos[:, None, :]]  # (K, H, W, e)
+        numerator = (
+            sums.numerator[owner]
+            + torch.einsum("khtw,khwe->khte", w_new, slots.v)
+            - torch.einsum("khtw,khwe->khte", w_old, v_old)
+        )  # (K, H, T, e)
+        out = numerator / (denominator - removed + w_new.sum(-1))[..., None]
+
+        # Slot rows in full: their queries against the sample's keys, the changed ones replaced by the new.
+        replaced = torch.zeros(n_conf, n_tokens + 1, dtype=torch.bool, device=owner.device)
+        replaced.scatter_(1, torch.where(moved, slots.pos, n_tokens), True)  # (K, T + 1); T: a dummy column
+        base_ok = (t <= slots.pos[..., None]) & ~replaced[:, None, :n_tokens]  # (K, W, T)
+        new_ok = moved[:, None, :] & (slots.pos[:, None, :] <= slots.pos[:, :, None])  # (K, W, W)
+        s_base = torch.einsum("khwe,khte->khwt", slots.q, sample.k[owner]) * scale
+        s_slot = torch.einsum("khwe,khxe->khwx", slots.q, slots.k) * scale
+        scores = torch.cat(
+            [s_base.masked_fill(~base_ok[:, None], float("-inf")), s_slot.masked_fill(~new_ok[:, None], float("-inf"))],
+            dim=-1,
+        ).masked_fill(~slots.valid[:, None, :, None], 0.0)  # (K, H, W, T + W); padding rows stay finite
+        weights = scores.softmax(dim=-1)
+        slot_out = torch.einsum("khwt,khte->khwe", weights[..., :n_tokens], sample.v[owner]) + torch.einsum(
+            "khwx,khxe->khwe", weights[..., n_tokens:], slots.v
+        )  # (K, H, W, e)
+        k, w = slots.valid.nonzero(as_tuple=True)
+        p = slots.pos[k, w]
+        out[k, :, p] = slot_out[k, :, w]
+        redo[k, p] = False
+        return out, redo

@@ -1,0 +1,345 @@
+"""The incremental engine: ``log P`` of all connected configurations of samples, from the samples' own forward.
+
+A connected configuration ``s'`` of a sample ``s`` (a term of its local energy) differs from ``s`` in a few
+sites. The engine runs ``s`` once, caching per block its input states, ``q, k, v``, attention sums
+(:class:`~vqnqs.models.attention.AttentionSums`), codes and certified radii. Every ``s'`` whose network
+input differs (``K`` of them, ``owner (K,)`` their samples) then carries the set ``C`` of positions whose hidden
+state differs from its sample's, as slot rows (:mod:`vqnqs.dedup.slots`)::
+
+    embed   C = the input positions whose token changed (changed patches, shifted right by one)
+    block   slots: ln_attn, Q/K/V on their states (per location, |C| rows)
+            attention (attn.update): rows outside C from the sample's sums and the changed keys, O(|C| e) a
+              row; slots in full; rows whose update would cancel become slots and the call is repeated
+            quantiser: a row keeps the sample's code when its attention output moved less than the sample's
+              certified radius (VectorQuantizer.certify), else its code is computed (encode); a row whose
+              code differs joins C. Identity slot: every row from the first change on joins C.
+            new slots: x + W_O(decode(code)) (W_O once per distinct code tuple), feed-forward
+    final   attention only, no quantiser: every row from the first change on, W_O, ln_f, head, Sz mask
+    output  rows before the first change: the sample's conditionals, at the configuration's tokens
+
+Rows before the first changed position are the sample's by causality. Every code is the one ``encode`` gives
+for the row's attention output (reused only inside its certified radius), so the engine computes the dense
+forward of the same model reorganised. Per-location ops run on ``C`` only. The attention runs in chunks of
+configurations with similar ``|C|`` (:func:`~vqnqs.dedup.slots.chunks_by_count`, memory bounded by
+:attr:`~vqnqs.dedup.policy.ExecutionPolicy.config_elements`); every op runs in one of the model's component
+modules (``attn.update`` for the update), so FLOP attribution covers this path too.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from vqnqs.dedup.keys import pair_ids, tuple_ids
+from vqnqs.dedup.policy import DEFAULT_POLICY, Execution, ExecutionPolicy
+from vqnqs.dedup.slots import SlotRows, chunks_by_count, pad, sort_rows
+from vqnqs.dedup.stages import quantizer_of
+from vqnqs.models.attention import SampleAttention, SlotAttention
+from vqnqs.models.transformer import AutoregressiveTransformer, Block
+
+# Rounding allowance of an updated attention output, in units of eps * (T + e) * max|v_h|: a code is reused
+# only if the output moved less than the certified radius minus this.
+ROUNDING_ALLOWANCE = 8.0
+
+
+@dataclass
+class BlockCache:
+    """One block of the samples' forward, as the configurations' pass needs it."""
+
+    x: Tensor  # (B, T, d) input states
+    attention: SampleAttention  # q, k, v, sums per attention head
+    mixed: Tensor  # (B, T, d) attention output, heads concatenated
+    codes: Tensor | None  # (B, T, Hq) the quantiser's codes, None for an identity slot
+    radius: Tensor | None  # (B, T, Hq) their certified radii
+    out: Tensor  # (B, T, d) output states
+
+
+@dataclass
+class Chunk:
+    """The attention of a chunk of configurations: what the rest of a block needs of it."""
+
+    members: Tensor  # (K_c,) configuration indices
+    mixed: Tensor  # (K_c, T, d) attention output of every row
+    x_ids: Tensor  # (K_c, T) input state of every row: the sample's b*T + i, or B*T + its id in the slot table
+    changed: Tensor  # (K_c, T) bool: the input state differs from the sample's
+    v_max: float  # the largest norm of any head's value vector: bounds the outputs' rounding
+
+
+@dataclass
+class IncrementalResult:
+    log_prob: Tensor  # (B, M)
+    codes: list[Tensor] = field(default_factory=list)  # per quantised block (B, M, T, Hq), if recorded
+    stats: Counter = field(default_factory=Counter)  # work done, summed over the batch (see configs_log_prob)
+
+
+def _heads(x: Tensor, n_heads: int) -> Tensor:
+    return rearrange(x, "... t (h e) -> ... h t e", h=n_heads)
+
+
+def sample_block(block: Block, x: Tensor) -> BlockCache:
+    """The dense block on the samples' states ``x (B, T, d)``, keeping what the configurations reuse."""
+    q, k, v = (_heads(y, block.attn.n_heads) for y in block.attn.qkv(block.ln_attn(x)))  # (B, H, T, e) each
+    sums = block.attn.mixing(q, k, v, keep_sums=True)
+    mixed = rearrange(sums.output, "b h t e -> b t (h e)")
+    quantizer = quantizer_of(block)
+    codes = radius = None
+    value = mixed
+    if quantizer is not None:
+        codes, radius = quantizer(mixed, certify=True)  # (B, T, Hq) each
+        value = quantizer.decode(codes)
+    out = block.residual(x, block.attn.out_proj(value))
+    if block.ff is not None and block.ln_ff is not None:
+        out = block.residual(out, block.ff(block.ln_ff(out)))
+    return BlockCache(x, SampleAttention(q, k, v, sums), mixed, codes, radius, out)
+
+
+def attention_chunks(
+    block: Block, cache: BlockCache, rows: SlotRows, owner: Tensor, run: Execution, stats: Counter
+) -> Iterator[Chunk]:
+    """The attention of every configuration, chunk by chunk (configurations of similar slot counts)."""
+    n_conf, (n_batch, n_tokens, d) = owner.shape[0], cache.x.shape
+    n_heads, device = block.attn.n_heads, owner.device
+    qkv_table = run.map_rows(lambda x: block.attn.qkv_proj(block.ln_attn(x)), rows.table)  # (U, 3d) unique states
+    values = torch.cat([rearrange(cache.attention.v, "b h t e -> (b t) h e"), _heads_of_rows(qkv_table, n_heads)])
+    v_max = float(values.norm(dim=-1).amax())  # bounds every head's attention output, sample's or not
+    budget = run.policy.config_elements
+    for members in chunks_by_count(rows.counts(n_conf), n_tokens * d, 2 * n_heads * n_tokens, budget):
+        n_chunk, sample = members.shape[0], owner[members]
+        local = torch.full((n_conf,), -1, dtype=torch.long, device=device)
+        local[members] = torch.arange(n_chunk, device=device)
+        index = (local[rows.config] >= 0).nonzero().squeeze(-1)  # rows of this chunk ...
+        index = index[sort_rows(local[rows.config[index]], rows.pos[index], n_tokens)]  # ... by (local, position)
+        slot_local, slot_pos, slot_ids = local[rows.config[index]], rows.pos[index], rows.ids[index]
+        x_ids = sample[:, None] * n_tokens + torch.arange(n_tokens, device=device)  # (K_c, T) the sample's rows
+        x_ids[slot_local, slot_pos] = n_batch * n_tokens + slot_ids
+        changed = torch.zeros(n_chunk, n_tokens, dtype=torch.bool, device=device)
+        changed[slot_local, slot_pos] = True
+        slot_changed, slot_qkv = torch.ones_like(slot_pos, dtype=torch.bool), qkv_table[slot_ids]
+        slots = _slot_attention(sample, slot_local, slot_pos, slot_changed, slot_qkv, n_heads)
+        out, redo = block.attn.update(cache.attention, slots)
+        if redo.any():
+            # Rows the update cannot trust become slots too, with the sample's state (so the sample's q, k, v);
+            # the configurations that have any are computed again.
+            redo_local, redo_pos = redo.nonzero(as_tuple=True)
+            stats["rows_redone"] += redo_local.numel()
+            again = redo.any(dim=-1).nonzero().squeeze(-1)  # (K_r,) local indices
+            renumber = torch.full((n_chunk,), -1, dtype=torch.long, device=device)
+            renumber[again] = torch.arange(again.shape[0], device=device)
+            keep = renumber[slot_local] >= 0
+            att = cache.attention
+            redo_qkv = torch.cat([y[sample[redo_local], :, redo_pos].flatten(1) for y in (att.q, att.k, att.v)], dim=-1)
+            local_r = torch.cat([renumber[slot_local[keep]], renumber[redo_local]])
+            pos_r = torch.cat([slot_pos[keep], redo_pos])
+            order = sort_rows(local_r, pos_r, n_tokens)
+            changed_r = torch.cat([slot_changed[keep], torch.zeros_like(redo_local, dtype=torch.bool)])[order]
+            qkv_r = torch.cat([slot_qkv[keep], redo_qkv])[order]
+            slots = _slot_attention(sample[again], local_r[order], pos_r[order], changed_r, qkv_r, n_heads)
+            out[again], redo = block.attn.update(cache.attention, slots)
+            assert not redo.any(), "a recomputed row is a slot: nothing is left to redo"
+        yield Chunk(members, rearrange(out, "k h t e -> k t (h e)"), x_ids, changed, v_max)
+
+
+def _slot_attention(
+    owner: Tensor, local: Tensor, pos: Tensor, changed: Tensor, qkv: Tensor, n_heads: int
+) -> SlotAttention:
+    """Slot rows of configurations ``local (R,)`` (sorted) with their Q/K/V rows ``(R, 3d)``, padded."""
+    padded_pos, valid, (flags, padded_qkv) = pad(local, pos, owner.shape[0], changed, qkv)
+    q, k, v = (rearrange(y, "k w (h e) -> k h w e", h=n_heads) for y in padded_qkv.chunk(3, dim=-1))
+    return SlotAttention(owner, padded_pos, valid, flags, q, k, v)
+
+
+def _heads_of_rows(qkv: Tensor, n_heads: int) -> Tensor:
+    """The values of Q/K/V rows ``(R, 3d)`` per head -> ``(R, H, e)``."""
+    return rearrange(qkv.chunk(3, dim=-1)[2], "r (h e) -> r h e", h=n_heads)
+
+
+def chunk_codes(block: Block, cache: BlockCache, chunk: Chunk, owner: Tensor, after: Tensor, stats: Counter) -> Tensor:
+    """Codes ``(K_c, T, Hq)`` of a chunk's attention outputs: the sample's where certified (or before the first
+    change), ``encode`` of the row where not."""
+    quantizer = quantizer_of(block)
+    assert quantizer is not None and cache.codes is not None and cache.radius is not None
+    n_tokens, e = cache.x.shape[1], cache.attention.q.shape[-1]
+    allowance = ROUNDING_ALLOWANCE * torch.finfo(chunk.mixed.dtype).eps * (n_tokens + e) * chunk.v_max
+    sample = owner[chunk.members]
+    moved = rearrange(chunk.mixed - cache.mixed[sample], "k t (h e) -> k t h e", h=quantizer.heads).norm(dim=-1)
+    certified = (moved + allowance < cache.radius[sample]).all(dim=-1) | ~after  # (K_c, T)
+    codes = cache.codes[sample].clone()  # (K_c, T, Hq)
+    k, i = (~certified).nonzero(as_tuple=True)
+    if k.numel():
+        codes[k, i] = quantizer(chunk.mixed[k, i], codes_only=True)
+    stats["rows_certified"] += int((certified & after).sum())
+    stats["rows_encoded"] += k.numel()
+    return codes
+
+
+def config_block(
+    block: Block, cache: BlockCache, rows: SlotRows, owner: Tensor, first: Tensor, run: Execution, stats: Counter
+) -> tuple[SlotRows, Tensor | None]:
+    """One full block for every configuration: input slot rows -> output slot rows (the rows whose output
+    differs from the sample's), and the codes ``(K, T, Hq)`` of a quantised block.
+
+    A new row's state is keyed by (input state, code tuple): the per-location ops after the attention
+    (``W_O``, residual, feed-forward) run once per distinct key across the whole batch, as in the dedup engine.
+    Without a quantiser every row is its own key."""
+    quantizer = quantizer_of(block)
+    n_tokens = cache.x.shape[1]
+    t = torch.arange(n_tokens, device=owner.device)
+    codes = None if quantizer is None else cache.codes[owner].clone()  # (K, T, Hq)
+    parts = []
+    for chunk in attention_chunks(block, cache, rows, owner, run, stats):
+        after = t >= first[chunk.members][:, None]  # (K_c, T)
+        if quantizer is None:
+            differs = chunk.changed | after  # every attention output from the first change on moved
+            value = chunk.mixed
+        else:
+            chunk_code = chunk_codes(block, cache, chunk, owner, after, stats)
+            codes[chunk.members] = chunk_code
+            differs = chunk.changed | (chunk_code != cache.codes[owner[chunk.members]]).any(dim=-1)
+            value = chunk_code
+        k, i = differs.nonzero(as_tuple=True)
+        parts.append((chunk.members[k], i, chunk.x_ids[k, i], value[k, i]))
+    config, pos, x_ids, value = (torch.cat(column) for column in zip(*parts, strict=True))
+    order = sort_rows(config, pos, n_tokens)
+    config, pos, x_ids, value = config[order], pos[order], x_ids[order], value[order]
+    inputs = torch.cat([cache.x.flatten(0, 1), rows.table])  # (B*T + U, d): the ids' space
+    if quantizer is None:
+        ids = torch.arange(config.numel(), device=config.device)
+        table = block.residual(inputs[x_ids], block.attn.out_proj(value))  # (R, d)
+    else:
+        tuple_of, tuples = tuple_ids(value, quantizer.codes)  # (R,), (n_tuples, Hq)
+        ids, x_u, tuple_u = pair_ids(x_ids, inputs.shape[0], tuple_of, tuples.shape[0])  # (R,), (U',), (U',)
+        projected = block.attn.out_proj(quantizer.decode(tuples))  # (n_tuples, d): W_O per distinct code tuple
+        table = block.residual(inputs[x_u], projected[tuple_u])  # (U', d)
+    if block.ff is not None and block.ln_ff is not None:
+        table = run.map_rows(lambda y: block.residual(y, block.ff(block.ln_ff(y))), table)
+    stats["slot_rows"] += config.numel()
+    stats["unique_rows"] += table.shape[0]
+    return SlotRows(config, pos, ids, table), codes
+
+
+def final_log_probs(
+    model: AutoregressiveTransformer,
+    cache: BlockCache,
+    rows: SlotRows,
+    owner: Tensor,
+    first: Tensor,
+    tokens: Tensor,
+    run: Execution,
+    stats: Counter,
+) -> Tensor:
+    """The final half-block and the output: each configuration's conditionals ``(K, T)`` at its ``tokens (K, T)``
+    for the rows from its first change on (the others are left 0)."""
+    block = model.final_block
+    n_tokens = tokens.shape[1]
+    t = torch.arange(n_tokens, device=owner.device)
+    out = torch.zeros(tokens.shape, dtype=cache.x.dtype, device=owner.device)
+    inputs = torch.cat([cache.x.flatten(0, 1), rows.table])  # (B*T + U, d): the ids' space
+    for chunk in attention_chunks(block, cache, rows, owner, run, stats):
+        k, i = (t >= first[chunk.members][:, None]).nonzero(as_tuple=True)
+        hidden = block.residual(inputs[chunk.x_ids[k, i]], block.attn.out_proj(chunk.mixed[k, i]))  # (R, d)
+        logits = hidden.new_zeros(*chunk.x_ids.shape, model.head.out_features)  # (K_c, T, vocab)
+        logits[k, i] = run.map_rows(lambda h: model.head(model.ln_f(h)), hidden)
+        chunk_tokens = tokens[chunk.members]
+        log_probs = model.masked_log_softmax(logits, model.n_down_before(chunk_tokens))
+        out[chunk.members] = log_probs.gather(-1, chunk_tokens[..., None]).squeeze(-1)
+        stats["conditionals"] += k.numel()
+    return out
+
+
+def configs_log_prob(
+    model: AutoregressiveTransformer, tokens: Tensor, config_tokens: Tensor, run: Execution, record_codes: bool
+) -> tuple[Tensor, list[Tensor], Counter]:
+    """``log P (B, M)`` of the configurations with tokens ``config_tokens (B, M, T)`` connected to the samples
+    with tokens ``(B, T)``; their codes per quantised block; the work done (``slot_rows``: rows computed per
+    location, summed over blocks; ``rows_certified``/``rows_encoded``: codes reused by certificate / computed;
+    ``rows_redone``: rows recomputed in full for safety; ``conditionals``: output rows computed)."""
+    n_batch, n_conn, n_tokens = config_tokens.shape
+    inputs = model.shift_right(tokens)  # (B, T)
+    config_inputs = model.shift_right(config_tokens.reshape(-1, n_tokens)).view(n_batch, n_conn, n_tokens)
+    differs = config_inputs != inputs[:, None]  # (B, M, T)
+    b, m = differs.any(dim=-1).nonzero(as_tuple=True)  # the configurations whose network input differs
+    owner, moved = b, differs[b, m]  # (K,), (K, T)
+    config, pos = moved.nonzero(as_tuple=True)
+    ids, pos_u, token_u = pair_ids(pos, n_tokens, config_inputs[b[config], m[config], pos], model.bos + 1)
+    rows = SlotRows(config, pos, ids, model.embed_sum(model.tok_emb(token_u), model.pos_emb(pos_u)))
+    first = torch.where(moved, torch.arange(n_tokens, device=moved.device), n_tokens).amin(dim=-1)  # (K,)
+    stats: Counter = Counter()
+
+    x = model.embed(inputs)  # (B, T, d): the samples' forward, block by block
+    codes_per_block = []
+    for block in model.blocks:
+        cache = sample_block(block, x)
+        codes = None
+        if owner.numel():
+            rows, codes = config_block(block, cache, rows, owner, first, run, stats)
+        elif cache.codes is not None:
+            codes = cache.codes[owner]  # (0, T, Hq)
+        if codes is not None and record_codes:
+            all_codes = cache.codes[:, None].expand(-1, n_conn, -1, -1).clone()  # (B, M, T, Hq)
+            all_codes[b, m] = codes
+            codes_per_block.append(all_codes)
+        x = cache.out
+    cache = sample_block(model.final_block, x)
+
+    sample_conditionals = model.masked_log_softmax(model.head(model.ln_f(cache.out)), model.n_down_before(tokens))
+    per_position = sample_conditionals[:, None].expand(-1, n_conn, -1, -1).gather(-1, config_tokens[..., None])
+    per_position = per_position.squeeze(-1)  # (B, M, T): the sample's conditionals at the configuration's tokens
+    if owner.numel():
+        changed_rows = final_log_probs(model, cache, rows, owner, first, config_tokens[b, m], run, stats)  # (K, T)
+        after = torch.arange(n_tokens, device=first.device) >= first[:, None]
+        per_position[b, m] = torch.where(after, changed_rows, per_position[b, m])
+    return per_position.sum(dim=-1), codes_per_block, stats
+
+
+class IncrementalEngine:
+    """``IncrementalEngine(model)(s, configs) -> IncrementalResult``: ``log P`` of the configurations
+    ``configs (B, M, N)`` connected to the samples ``s (B, N)`` (entries where ``valid`` is False are taken to be
+    the sample itself). Follows the model's weights, device and dtype; holds no state of its own."""
+
+    def __init__(self, model: AutoregressiveTransformer, policy: ExecutionPolicy = DEFAULT_POLICY) -> None:
+        self.model = model
+        self.policy = policy
+
+    @torch.no_grad()
+    def __call__(
+        self, s: Tensor, configs: Tensor, valid: Tensor | None = None, record_codes: bool = False
+    ) -> IncrementalResult:
+        model = self.model
+        n_batch, n_conn, n_sites = configs.shape
+        tokens = model.patching.to_tokens(s.to(model.device))  # (B, T)
+        config_tokens = model.patching.to_tokens(configs.to(model.device).reshape(-1, n_sites))
+        config_tokens = config_tokens.view(n_batch, n_conn, -1)  # (B, M, T)
+        if valid is not None:
+            config_tokens = torch.where(valid.to(model.device)[..., None], config_tokens, tokens[:, None])
+        # Samples per step: their configurations' (K, T, d) tensors stay within a few times config_elements.
+        per_step = max(1, self.policy.config_elements // max(n_conn * tokens.shape[1] * model.config.d_model, 1))
+        log_probs, codes, stats = [], [], Counter()
+        with self.policy.applied() as run:
+            for start in range(0, n_batch, per_step):
+                part = slice(start, start + per_step)
+                log_prob, part_codes, part_stats = configs_log_prob(
+                    model, tokens[part], config_tokens[part], run, record_codes
+                )
+                log_probs.append(log_prob)
+                codes.append(part_codes)
+                stats.update(part_stats)
+        codes_per_block = [torch.cat(block_codes) for block_codes in zip(*codes, strict=True)] if record_codes else []
+        return IncrementalResult(torch.cat(log_probs), codes_per_block, stats)
+
+
+def incremental_log_prob(
+    model: AutoregressiveTransformer,
+    s: Tensor,
+    configs: Tensor,
+    valid: Tensor | None = None,
+    *,
+    record_codes: bool = False,
+    policy: ExecutionPolicy = DEFAULT_POLICY,
+) -> IncrementalResult:
+    """``log P`` ``(B, M)`` of ``configs (B, M, N)`` connected to ``s (B, N)`` through the incremental engine."""
+    return IncrementalEngine(model, policy)(s, configs, valid, record_codes)
