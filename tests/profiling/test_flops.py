@@ -216,7 +216,7 @@ def test_engine_flops_scale_with_its_unique_rows():
     assert sum(dedup.values()) < sum(dense.values()) / 2
 
 
-@pytest.mark.parametrize("engine", ["dense", "dedup", "dedup_no_prefix"])
+@pytest.mark.parametrize("engine", ["dense", "dedup", "dedup_no_prefix", "incremental"])
 @pytest.mark.parametrize("kind", ["baseline", "vq", "vq-sz"])
 def test_every_flop_lands_in_a_component(tfim8, engine, kind):
     """Every op of the network runs in a component (or in the output softmax / local-energy arithmetic)."""
@@ -240,6 +240,7 @@ def test_every_flop_lands_in_a_component(tfim8, engine, kind):
     ("component", "cell"),
     [
         (lambda m: m.blocks[0].attn.mixing, ("block0", "attention")),
+        (lambda m: m.blocks[0].attn.update, ("block0", "attention")),
         (lambda m: m.blocks[0].residual, ("block0", "residual")),
         (lambda m: m.blocks[1].attn.quantizer, ("block1", "quantizer")),
         (lambda m: m.final_block.attn.out_proj, ("final", "out_proj")),
@@ -253,7 +254,7 @@ def test_roles_of_the_components(component, cell):
     model = tiny_vq(n_blocks=2, seed=1)
     roles = dict(model.components())
     assert roles[component(model)] == cell
-    assert len(roles) == 3 + 2 * 8 + 6 + 2  # embed, two full blocks, the half-block, output
+    assert len(roles) == 3 + 2 * 9 + 7 + 2  # embed, two full blocks, the half-block, output
     assert set(roles.values()) <= {
         (layer, group) for layer in ("embed", "block0", "block1", "final", "output") for group in COMPONENT_OF_GROUP
     }

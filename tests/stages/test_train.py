@@ -175,18 +175,19 @@ def test_model_config_patch(system, size, patch, expected):
 
 
 @pytest.mark.parametrize("model", [{}, VQ], ids=["baseline", "vq"])
-def test_the_dedup_local_energy_follows_the_dense_trajectory(tmp_path, chain, model):
-    """The engine is the dense forward reorganised: in float64 both runs take the same steps."""
+def test_the_engines_follow_the_dense_trajectory(tmp_path, chain, model):
+    """The engines are the dense forward reorganised: in float64 every run takes the same steps."""
     hamiltonian, reference = chain
     runs = {}
-    for dedup in (True, False):
-        config = tiny_config(dtype="float64", dedup=dedup, **model)
-        trainer = Trainer(hamiltonian, config, tmp_path / str(dedup), reference)
-        runs[dedup] = (trainer.run(progress=False), trainer.model.state_dict())
-    (metrics, params), (dense_metrics, dense_params) = runs[True], runs[False]
-    for key, value in dense_params.items():
-        torch.testing.assert_close(params[key], value, rtol=1e-9, atol=1e-11)
-    assert metrics["energy_per_site"] == pytest.approx(dense_metrics["energy_per_site"], rel=1e-10)
+    for engine in ("dense", "dedup", "incremental"):
+        config = tiny_config(dtype="float64", engine=engine, **model)
+        trainer = Trainer(hamiltonian, config, tmp_path / engine, reference)
+        runs[engine] = (trainer.run(progress=False), trainer.model.state_dict())
+    dense_metrics, dense_params = runs.pop("dense")
+    for metrics, params in runs.values():
+        for key, value in dense_params.items():
+            torch.testing.assert_close(params[key], value, rtol=1e-9, atol=1e-11)
+        assert metrics["energy_per_site"] == pytest.approx(dense_metrics["energy_per_site"], rel=1e-10)
 
 
 def test_a_vq_training_starts_from_a_trained_baseline(tmp_path, chain):

@@ -189,10 +189,18 @@ class VectorQuantizer(nn.Module):
         takes its codes from here.
         """
         with torch.no_grad():
-            rows = rearrange(x.reshape(-1, self.d_model), "n (h e) -> h n e", h=self.heads)  # (H, n, e)
-            w = self.codebook  # (H, Q, e)
-            scores = torch.baddbmm((w * w).sum(-1).unsqueeze(1), rows, w.transpose(1, 2), alpha=-2.0)  # (H, n, Q)
+            scores = self._scores(x)  # (H, n, Q)
             return rearrange(scores.argmin(dim=-1), "h n -> n h").reshape(*x.shape[:-1], self.heads)
+
+    def _scores(self, x: Tensor) -> Tensor:
+        """``x (..., d)`` -> the encode scores ``||W_j||^2 - 2 x.W_j`` per head ``(H, n, Q)``; +inf for a codeword
+        equal to one of lower index, so that duplicates never compete and every path picks the same one (the
+        rounding of a batched product may differ in the last bit between batch shapes)."""
+        rows = rearrange(x.reshape(-1, self.d_model), "n (h e) -> h n e", h=self.heads)  # (H, n, e)
+        w = self.codebook  # (H, Q, e)
+        scores = torch.baddbmm((w * w).sum(-1).unsqueeze(1), rows, w.transpose(1, 2), alpha=-2.0)  # (H, n, Q)
+        same = (w[:, :, None, :] == w[:, None, :, :]).all(dim=-1).tril(diagonal=-1)  # (H, Q, Q): j > i, W_j = W_i
+        return scores.masked_fill(same.any(dim=-1)[:, None, :], float("inf"))
 
     def certify(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``x (..., d)`` -> ``codes (..., H)`` (as :meth:`encode`) and a radius ``(..., H)``: every ``x'`` with
@@ -202,13 +210,14 @@ class VectorQuantizer(nn.Module):
         ``min_j (g_j - 4 sigma) / (2 ||W_j - W_c||)`` over the codes ``j != c``, where ``g_j`` is the gap of the
         encode scores ``||W_j||^2 - 2 x.W_j`` to the best one (moving ``x`` by ``delta`` moves the gap by
         ``-2 delta.(W_j - W_c)`` at most ``2 |delta| ||W_j - W_c||``), and ``sigma`` bounds the rounding of a
-        score at ``x`` or ``x'`` (``e`` products of magnitude at most ``scale^2``). Ties and duplicate codewords
-        give radius 0. The incremental engine reuses a code only within this radius.
+        score at ``x`` or ``x'`` (``e`` products of magnitude at most ``scale^2``). A tie gives radius 0; a
+        duplicate codeword never competes (:meth:`_scores`). The incremental engine reuses a code only within
+        this radius.
         """
         with torch.no_grad():
             rows = rearrange(x.reshape(-1, self.d_model), "n (h e) -> h n e", h=self.heads)  # (H, n, e)
             w = self.codebook  # (H, Q, e)
-            scores = torch.baddbmm((w * w).sum(-1).unsqueeze(1), rows, w.transpose(1, 2), alpha=-2.0)  # (H, n, Q)
+            scores = self._scores(x)  # (H, n, Q), duplicates +inf (never within reach)
             codes = scores.argmin(dim=-1, keepdim=True)  # (H, n, 1)
             gap = scores - scores.gather(-1, codes)  # (H, n, Q) >= 0
             spread = torch.cdist(w, w, compute_mode="donot_use_mm_for_euclid_dist").gather(

@@ -27,6 +27,7 @@ from vqnqs.models.vq import DEFAULT_CODES, INIT_METHODS, vq_shape_from_bits
 from vqnqs.physics.exact import ground_state_sector
 from vqnqs.physics.hamiltonian import Hamiltonian
 from vqnqs.vmc.config import Config, ScheduleConfig, VMCConfig
+from vqnqs.vmc.log_psi import ENGINES
 
 DEVICES = ("auto", "cpu", "cuda")
 SEED_MAX = 2**63 - 2  # largest seed whose seed + 1 torch.Generator.manual_seed still takes
@@ -111,9 +112,10 @@ class TrainConfig(RunConfig, QuantizerConfig, ModelShape, VMCConfig):
     """Everything a training run depends on; ``train`` in params.yaml and ``--set`` fill it."""
 
     section = "train"
-    # Local-energy engine: the dedup engine (exactly the dense forward, reorganised, with attention once per
-    # distinct prefix) when true; the dense forward when false.
-    dedup: bool = knob(True)
+    # Local-energy engine (vqnqs.vmc.log_psi), each exactly the dense forward reorganised: 'dedup' (attention
+    # once per distinct prefix), 'incremental' (each connected configuration from its sample's cached forward),
+    # 'dense', or 'dedup_no_prefix' (the paper's engine).
+    engine: str = knob("dedup", choices=ENGINES)
     # Wave function: 'baseline' (the transformer) | 'vq' (VQ-NQS: a quantiser of `bits` bits per location in
     # every full block, trained by VMC through the straight-through estimator, codebooks kept up by the step).
     model: str = knob("baseline", choices=MODELS)
@@ -133,10 +135,6 @@ class TrainConfig(RunConfig, QuantizerConfig, ModelShape, VMCConfig):
             raise ValueError(f"bits {self.bits}: only model 'vq' is quantised (set model=vq, or bits=null)")
         if self.bits is not None:
             check_bits(self.bits, self.codes, self.d_model)
-
-    @property
-    def engine(self) -> str:
-        return "dedup" if self.dedup else "dense"
 
 
 # Settings that may differ between an interrupted run and its resumption (they leave the trajectory unchanged).

@@ -9,7 +9,7 @@ configurations (the dedup engine) sees the whole chunk at once.
 
 ``log_psi`` may also be the model itself (an :class:`AutoregressiveTransformer`, baseline or VQ) with an
 ``engine`` name: it is evaluated through :func:`vqnqs.vmc.log_psi.make_log_psi` (``dense``, ``dedup``,
-``dedup_no_prefix``) on each chunk's whole set of valid connected configurations. Same result through
+``dedup_no_prefix``, ``incremental``) on each chunk's whole set of valid connected configurations. Same result through
 every engine (up to floating-point reassociation); nothing else changes for the caller.
 """
 
@@ -21,7 +21,7 @@ import torch
 
 from vqnqs.models.transformer import AutoregressiveTransformer
 from vqnqs.physics.hamiltonian import Hamiltonian
-from vqnqs.vmc.log_psi import make_log_psi
+from vqnqs.vmc.log_psi import LogPsi, flat_connected, make_log_psi
 
 LogPsiFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -59,7 +59,8 @@ def local_energy(
     Only valid connections are evaluated; slot 0 of the connected elements is ``s`` itself,
     so ``log_psi(s)`` comes from the same call as its neighbours. ``log_psi`` is a callable
     ``(K, N) -> (K,)`` or a model, evaluated through ``engine`` (default ``dense``; see
-    :mod:`vqnqs.vmc.log_psi`): a dedup engine sees each chunk's connected configurations at once.
+    :mod:`vqnqs.vmc.log_psi`): an engine sees each chunk's connected configurations at once (the incremental
+    engine with their samples).
     """
     if isinstance(log_psi, AutoregressiveTransformer):
         log_psi = make_log_psi(log_psi, engine or "dense")
@@ -72,16 +73,14 @@ def local_energy(
     out = []
     with torch.no_grad():
         for start in range(0, batch, chunk_size):
-            conn = hamiltonian.connected(s[start : start + chunk_size], dtype=dtype)
-            chunk, n_conn, n_sites = conn.configs.shape  # (C, M, N)
-            flat_valid = conn.valid.reshape(-1)  # (C*M,)
-            values = log_psi(conn.configs.reshape(-1, n_sites)[flat_valid])  # (K,) valid only
+            samples = s[start : start + chunk_size]
+            conn = hamiltonian.connected(samples, dtype=dtype)  # configs (C, M, N)
+            if isinstance(log_psi, LogPsi):
+                log_psi_conn = log_psi.connected(samples, conn.configs, conn.valid)  # (C, M), -inf where invalid
+            else:
+                log_psi_conn = flat_connected(log_psi, conn.configs, conn.valid)
             # Ratios and sums in `dtype` (float64 by default) whatever precision the network runs in.
-            values = values.to(torch.complex128 if values.is_complex() else dtype)
-            log_psi_conn = torch.full(
-                (chunk * n_conn,), float("-inf"), dtype=values.dtype, device=values.device
-            ).masked_scatter(flat_valid, values)
-            log_psi_conn = log_psi_conn.reshape(chunk, n_conn)  # (C, M)
+            log_psi_conn = log_psi_conn.to(torch.complex128 if log_psi_conn.is_complex() else dtype)
             ratio = torch.exp(log_psi_conn - log_psi_conn[:, :1])  # psi(s') / psi(s); 0 where invalid
             ratio = torch.where(conn.valid, ratio, torch.zeros((), dtype=ratio.dtype, device=ratio.device))
             out.append((conn.elements.to(ratio.dtype) * ratio).sum(dim=1))

@@ -6,16 +6,24 @@ distillation, profiling, benchmarks) gets it here, by engine name::
     dense            model.log_psi(s): the plain forward
     dedup            the dedup engine, attention once per distinct id-prefix (ours; the default in training)
     dedup_no_prefix  the dedup engine, attention once per location (the paper's engine)
+    incremental      each connected configuration from its sample's cached forward (vqnqs.dedup.incremental)
 
-All three compute the same ``log psi`` (the engines are the dense forward reorganised); only the cost differs.
-An evaluator counts the configurations it was given, for throughput figures.
+All compute the same ``log psi`` (the engines are the dense forward reorganised); only the cost differs. A
+flat batch ``(K, N)`` goes through ``__call__``; the connected configurations of samples, ``(B, M, N)``, through
+:meth:`LogPsi.connected`, which the incremental engine needs (it works from each configuration's sample; on a
+flat batch it falls back to the dedup engine). An evaluator counts the configurations it was given.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
 from vqnqs.models.transformer import AutoregressiveTransformer
 
-ENGINES = ("dense", "dedup", "dedup_no_prefix")
+ENGINES = ("dense", "dedup", "dedup_no_prefix", "incremental")
 
 
 class LogPsi:
@@ -28,13 +36,32 @@ class LogPsi:
         self.engine = engine
         self.count = 0
 
-    def __call__(self, s):
+    def __call__(self, s: Tensor) -> Tensor:
         self.count += s.shape[0]
         if self.engine == "dense":
             return self.model.log_psi(s)
         from vqnqs.dedup import dedup_log_psi  # local: the engine imports the models, not vmc
 
-        return dedup_log_psi(self.model, s, prefix_reuse=self.engine == "dedup")
+        return dedup_log_psi(self.model, s, prefix_reuse=self.engine != "dedup_no_prefix")
+
+    def connected(self, s: Tensor, configs: Tensor, valid: Tensor) -> Tensor:
+        """``log psi (B, M)`` of the configurations ``configs (B, M, N)`` connected to ``s (B, N)``; -inf where
+        not ``valid``. Every valid configuration of the batch goes to the engine in one call."""
+        if self.engine == "incremental":
+            from vqnqs.dedup.incremental import incremental_log_prob
+
+            self.count += int(valid.sum())
+            log_prob = incremental_log_prob(self.model, s, configs, valid).log_prob.to(valid.device)
+            return torch.where(valid, 0.5 * log_prob, float("-inf"))
+        return flat_connected(self, configs, valid)
+
+
+def flat_connected(log_psi: Callable[[Tensor], Tensor], configs: Tensor, valid: Tensor) -> Tensor:
+    """``log psi (B, M)`` of ``configs (B, M, N)`` through a flat evaluator ``(K, N) -> (K,)`` called once on the
+    valid ones; -inf where not ``valid``."""
+    values = log_psi(configs[valid])  # (K,)
+    out = torch.full(valid.shape, float("-inf"), dtype=values.dtype, device=values.device)
+    return out.masked_scatter(valid.to(values.device), values)
 
 
 def make_log_psi(model: AutoregressiveTransformer, engine: str = "dense") -> LogPsi:
