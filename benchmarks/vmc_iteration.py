@@ -39,6 +39,7 @@ from vqnqs.physics.hamiltonian import build_hamiltonian
 from vqnqs.profiling.scaling import fit_power_law
 from vqnqs.profiling.timing import environment, load_average
 from vqnqs.stages.config import DTYPES, TrainConfig
+from vqnqs.vmc.log_psi import ENGINES
 from vqnqs.vmc.optim import make_optimizer
 from vqnqs.vmc.step import STEP_PARTS, vmc_step
 
@@ -63,7 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--n-blocks", type=int, default=DEFAULTS.n_blocks)
     add("--patch", type=int, default=None, help="spins per token (default: 4 on a chain, 2x2 on a square)")
     add("--dtype", choices=tuple(DTYPES), default=DEFAULTS.dtype, help="network precision (default float32)")
-    add("--engine", choices=("dedup", "dense", "both"), default="dedup", help="local-energy engine (default dedup)")
+    add(
+        "--engine",
+        default="dedup",
+        help=f"comma-separated local-energy engines of {', '.join(ENGINES)}, or 'both' (= dedup,dense); default dedup",
+    )
     add("--chunk-size", type=int, default=DEFAULTS.chunk_size)
     add("--warmup", type=int, default=3, help="untimed iterations per model first (default 3)")
     add("--repeats", type=int, default=3, help="timed iterations per model (median reported; default 3)")
@@ -88,7 +93,7 @@ def make_run(args: argparse.Namespace, hamiltonian, model_name: str, engine: str
         n_samples=args.n_samples,
         dtype=args.dtype,
         chunk_size=args.chunk_size,
-        dedup=engine == "dedup",
+        engine=engine,
         seed=args.seed,
         device="cpu",
     )
@@ -115,7 +120,10 @@ def iterate(run: dict, hamiltonian) -> object:
 def measure(args: argparse.Namespace, system: str, size: str) -> list[dict]:
     """Warm up, then time every (model, engine) variant on one system; one record per variant."""
     hamiltonian = build_hamiltonian(system, size, "open")
-    engines = ("dedup", "dense") if args.engine == "both" else (args.engine,)
+    engines = ("dedup", "dense") if args.engine == "both" else tuple(args.engine.split(","))
+    unknown = set(engines) - set(ENGINES)
+    if unknown:
+        raise SystemExit(f"--engine {args.engine}: {', '.join(sorted(unknown))} not among {', '.join(ENGINES)}")
     runs = [make_run(args, hamiltonian, m, e) for e in engines for m in MODELS]
     load_before = load_average()
     for run in runs:

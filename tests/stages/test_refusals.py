@@ -158,7 +158,7 @@ CASES |= {
         ("chunk_size=0", "chunk_size 0"),
         ("eval_samples=1", "eval_samples 1: need at least 2"),
         ("threads=0", "threads 0"),
-        ("dedup=maybe", "dedup 'maybe'"),
+        ("engine=fast", "engine 'fast'"),
         ("lr=[1", "not valid YAML"),
         ("steps", "expected KEY=VALUE"),
     ]
