@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
             "total_savings_no_prefix": flops.total_savings_no_prefix,
             "quantized_ops_savings": flops.quantized_ops_savings,
             "by_component": {
-                name: dict(zip(("dense", "dedup", "dedup_no_prefix"), values, strict=True))
-                for name, values in flops.by_component_all_paths().items()
+                name: {path: paths[path] for path in ("dense", "dedup", "dedup_no_prefix")}
+                for name, paths in flops.by_component_all_paths().items()
             },
         }
     if args.profile:

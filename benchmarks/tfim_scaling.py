@@ -99,7 +99,7 @@ def measure(args: argparse.Namespace, n: int) -> dict:
         "unique_fraction": flops.unique_fraction(),
         "code_tuples": flops.code_tuples,
         "components": {
-            name: dict(zip(PATHS, values, strict=True)) for name, values in flops.by_component_all_paths().items()
+            name: {path: paths[path] for path in PATHS} for name, paths in flops.by_component_all_paths().items()
         },
         "bits": model_bits(model),
     }

@@ -147,8 +147,13 @@ def test_without_prefix_reuse_only_the_keyed_per_location_ops_shrink(tfim8):
             elif cell[1] != "quantizer":  # distances: the codebook norms are counted once per call
                 assert no_prefix[cell] == pytest.approx(dense, rel=1e-12), cell
         attention = profile.by_component_all_paths()["attention"]
-        assert attention[2] == pytest.approx(attention[0], rel=1e-12) and attention[1] < attention[0]
+        assert attention["dedup_no_prefix"] == pytest.approx(attention["dense"], rel=1e-12)
+        assert attention["dedup"] < attention["dense"]
         assert 1 < profile.total_savings_no_prefix < profile.total_savings
+        by_path = profile.by_component_all_paths()
+        for path in ("dense", "dedup", "dedup_no_prefix", "incremental"):  # every path counted, component by component
+            total = sum(paths[path] for paths in by_path.values())
+            assert total == pytest.approx(sum(getattr(profile, path).values()), rel=1e-12) and total > 0
 
 
 def test_a_single_code_makes_every_quantised_row_a_function_of_position_and_token(tfim8):

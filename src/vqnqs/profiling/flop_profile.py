@@ -28,6 +28,9 @@ from vqnqs.profiling.batches import connected_configs, distinct_samples, draw_sa
 from vqnqs.profiling.flops import COMPONENT_OF_GROUP, COMPONENTS, Cell, local_energy_flops
 from vqnqs.profiling.quantized import quantized_cells
 
+# The counted paths: the dense forward, the dedup engine (with and without prefix reuse), the incremental engine.
+PATHS = ("dense", "dedup", "dedup_no_prefix", "incremental")
+
 
 def layer_names(model: AutoregressiveTransformer) -> list[str]:
     """The dedup engine's stage names: ``embed, block0, .., final``."""
@@ -52,6 +55,7 @@ class FlopProfile:
     quantized: frozenset[Cell]
     drawn: int = 0  # samples drawn per batch, repeats included
     dedup_no_prefix: dict[Cell, float] = field(default_factory=dict)
+    incremental: dict[Cell, float] = field(default_factory=dict)  # the incremental engine (vqnqs.dedup.incremental)
     unique_rows: dict[str, int] = field(default_factory=dict)
     locations: dict[str, int] = field(default_factory=dict)
     code_tuples: dict[str, int] = field(default_factory=dict)
@@ -105,21 +109,29 @@ class FlopProfile:
     def total_savings_no_prefix(self) -> float:
         return savings(self.flops_dense_per_sample, self.flops_dedup_no_prefix_per_sample)
 
+    @property
+    def flops_incremental_per_sample(self) -> float:
+        return sum(self.incremental.values())
+
+    @property
+    def total_savings_incremental(self) -> float:
+        return savings(self.flops_dense_per_sample, self.flops_incremental_per_sample)
+
     def unique_fraction(self) -> dict[str, float]:
         """``unique rows / locations`` after each engine stage (1 = no reuse)."""
         return {name: self.unique_rows[name] / max(self.locations[name], 1) for name in self.unique_rows}
 
     def by_component(self) -> dict[str, tuple[float, float]]:
         """``{component: (dense, dedup)}`` FLOPs per sample, every component of :data:`COMPONENTS` present."""
-        return {name: (dense, dedup) for name, (dense, dedup, _) in self.by_component_all_paths().items()}
+        return {name: (paths["dense"], paths["dedup"]) for name, paths in self.by_component_all_paths().items()}
 
-    def by_component_all_paths(self) -> dict[str, tuple[float, float, float]]:
-        """``{component: (dense, dedup, dedup_no_prefix)}`` FLOPs per sample, every component present."""
-        out = {name: [0.0, 0.0, 0.0] for name in COMPONENTS}
-        for index, table in enumerate((self.dense, self.dedup, self.dedup_no_prefix)):
-            for (_, group), flops in table.items():
-                out[COMPONENT_OF_GROUP[group]][index] += flops
-        return {name: (dense, dedup, no_prefix) for name, (dense, dedup, no_prefix) in out.items()}
+    def by_component_all_paths(self) -> dict[str, dict[str, float]]:
+        """``{component: {path: FLOPs per sample}}`` over :data:`PATHS`, every component of :data:`COMPONENTS`."""
+        out = {name: dict.fromkeys(PATHS, 0.0) for name in COMPONENTS}
+        for path in PATHS:
+            for (_, group), flops in getattr(self, path).items():
+                out[COMPONENT_OF_GROUP[group]][path] += flops
+        return out
 
     def by_layer_component(self) -> dict[tuple[str, str], tuple[float, float]]:
         """``{(layer, component): (dense, dedup)}`` FLOPs per sample, only the non-zero ones."""
@@ -170,6 +182,7 @@ def profile_flops(
     dense: dict[Cell, float] = defaultdict(float)
     dedup: dict[Cell, float] = defaultdict(float)
     dedup_no_prefix: dict[Cell, float] = defaultdict(float)
+    incremental: dict[Cell, float] = defaultdict(float)
     unique_rows: dict[str, int] = defaultdict(int)
     locations: dict[str, int] = defaultdict(int)
     code_tuples: dict[str, int] = defaultdict(int)
@@ -198,7 +211,7 @@ def profile_flops(
             scale = batch_configs / max(connected_configs(hamiltonian, s_dense).shape[0], 1)
         for cell, flops in local_energy_flops(hamiltonian, model, s_dense, "dense", chunk_size, elementwise).items():
             dense[cell] += flops * scale
-        for engine, table in (("dedup", dedup), ("dedup_no_prefix", dedup_no_prefix)):
+        for engine, table in (("dedup", dedup), ("dedup_no_prefix", dedup_no_prefix), ("incremental", incremental)):
             for cell, flops in local_energy_flops(hamiltonian, model, s, engine, chunk_size, elementwise).items():
                 table[cell] += flops
     if count == 0:
@@ -211,6 +224,7 @@ def profile_flops(
         dense={cell: flops / n_samples for cell, flops in dense.items()},
         dedup={cell: flops / n_samples for cell, flops in dedup.items()},
         dedup_no_prefix={cell: flops / n_samples for cell, flops in dedup_no_prefix.items()},
+        incremental={cell: flops / n_samples for cell, flops in incremental.items()},
         quantized=quantized_cells(model),
         unique_rows=dict(unique_rows),
         locations=dict(locations),

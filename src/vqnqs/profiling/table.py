@@ -58,6 +58,7 @@ COMPONENT_COLUMNS = (
     "flops_dedup_per_sample",
     "savings",
     "flops_dedup_no_prefix_per_sample",
+    "flops_incremental_per_sample",
 )
 
 
@@ -103,6 +104,11 @@ def profile_row(
         "total_savings_no_prefix": flops.total_savings_no_prefix,
         "flops_dense_per_sample": flops.flops_dense_per_sample,
         "flops_dedup_per_sample": flops.flops_dedup_per_sample,
+        "flops_incremental": flops.batch * flops.flops_incremental_per_sample,
+        "total_savings_incremental": flops.total_savings_incremental,
+        "flops_incremental_per_sample": flops.flops_incremental_per_sample,
+        "time_incremental_s": first.incremental_s if first else None,
+        "time_speedup_incremental": first.speedup_incremental if first else None,
         "flops_quantized_dense_per_sample": flops.quantized_dense_per_sample,
         "flops_quantized_dedup_per_sample": flops.quantized_dedup_per_sample,
         "reference_per_site": reference,
@@ -137,6 +143,7 @@ def profile_row(
         row[f"time_dense_s_{name}"] = timing.dense_s
         row[f"time_dedup_s_{name}"] = timing.dedup_s
         row[f"time_speedup_{name}"] = timing.speedup
+        row[f"time_incremental_s_{name}"] = timing.incremental_s
         row[f"load_avg_{name}"] = timing.load_before
     row["model_dir"] = model_dir
     return row
@@ -145,7 +152,8 @@ def profile_row(
 def component_rows(row: dict, flops: FlopProfile) -> list[dict]:
     """The per-component rows of one model (every component of :data:`COMPONENTS`, zeros included)."""
     rows = []
-    for component, (dense, dedup, no_prefix) in flops.by_component_all_paths().items():
+    for component, paths in flops.by_component_all_paths().items():
+        dense, dedup = paths["dense"], paths["dedup"]
         rows.append(
             {
                 "system": row["system"],
@@ -157,7 +165,8 @@ def component_rows(row: dict, flops: FlopProfile) -> list[dict]:
                 "flops_dense_per_sample": dense,
                 "flops_dedup_per_sample": dedup,
                 "savings": dense / dedup if dedup > 0 else (None if dense == 0 else math.inf),
-                "flops_dedup_no_prefix_per_sample": no_prefix,
+                "flops_dedup_no_prefix_per_sample": paths["dedup_no_prefix"],
+                "flops_incremental_per_sample": paths["incremental"],
             }
         )
     assert [r["component"] for r in rows] == list(COMPONENTS)

@@ -57,6 +57,8 @@ class Timing:
     n_samples: int
     dense_all: list[float] = field(default_factory=list)
     dedup_all: list[float] = field(default_factory=list)
+    incremental_s: float = float("nan")  # the incremental engine (vqnqs.dedup.incremental)
+    incremental_all: list[float] = field(default_factory=list)
     device: str = "cpu"
     threads: int = 1
     torch_version: str = torch.__version__
@@ -67,8 +69,12 @@ class Timing:
     def speedup(self) -> float:
         return self.dense_s / self.dedup_s if self.dedup_s > 0 else float("nan")
 
+    @property
+    def speedup_incremental(self) -> float:
+        return self.dense_s / self.incremental_s if self.incremental_s > 0 else float("nan")
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "speedup": self.speedup}
+        return {**asdict(self), "speedup": self.speedup, "speedup_incremental": self.speedup_incremental}
 
 
 def _sync(device: torch.device) -> None:
@@ -93,35 +99,37 @@ def time_local_energy(
     warmup: int = 1,
     chunk_size: int | None = None,
 ) -> Timing:
-    """Median wall-clock of ``local_energy(hamiltonian, model, s, chunk_size, engine=...)``, dense and dedup.
+    """Median wall-clock of ``local_energy(hamiltonian, model, s, chunk_size, engine=...)`` through the dense
+    forward, the dedup engine and the incremental engine, the paths taking turns in a rotating order.
 
-    ``s (B, N)`` is moved to the model's device first; both paths see the same batch.
+    ``s (B, N)`` is moved to the model's device first; every path sees the same batch.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats {repeats}, warmup {warmup}: need repeats >= 1 and warmup >= 0")
     device = model.device
     s = s.to(device)
-    calls = {
-        False: lambda: local_energy(hamiltonian, model, s, chunk_size=chunk_size, engine="dense"),
-        True: lambda: local_energy(hamiltonian, model, s, chunk_size=chunk_size, engine="dedup"),
-    }
-    times: dict[bool, list[float]] = {False: [], True: []}
+    paths = ("dense", "dedup", "incremental")
+    times: dict[str, list[float]] = {path: [] for path in paths}
     load_before = load_average()
     for round_index in range(warmup + repeats):
-        order = (False, True) if round_index % 2 == 0 else (True, False)
-        for dedup in order:
-            elapsed = time_call(calls[dedup], device)
+        shift = round_index % len(paths)
+        for path in paths[shift:] + paths[:shift]:
+            elapsed = time_call(
+                lambda p=path: local_energy(hamiltonian, model, s, chunk_size=chunk_size, engine=p), device
+            )
             if round_index >= warmup:
-                times[dedup].append(elapsed)
+                times[path].append(elapsed)
     env = environment(device)
     return Timing(
-        dense_s=statistics.median(times[False]),
-        dedup_s=statistics.median(times[True]),
+        dense_s=statistics.median(times["dense"]),
+        dedup_s=statistics.median(times["dedup"]),
         repeats=repeats,
         warmup=warmup,
         n_samples=s.shape[0],
-        dense_all=times[False],
-        dedup_all=times[True],
+        dense_all=times["dense"],
+        dedup_all=times["dedup"],
+        incremental_s=statistics.median(times["incremental"]),
+        incremental_all=times["incremental"],
         device=env["device"],
         threads=env["threads"],
         torch_version=env["torch_version"],
