@@ -48,15 +48,23 @@ ROUNDING_ALLOWANCE = 8.0
 
 
 @dataclass
-class BlockCache:
-    """One block of the samples' forward, as the configurations' pass needs it."""
+class States:
+    """The hidden states at one depth of the samples' rows and of the configurations' changed rows, as ids into
+    one table of unique states (keyed as in the dedup engine: equal keys, equal states)."""
 
-    x: Tensor  # (B, T, d) input states
+    table: Tensor  # (U, d)
+    sample_ids: Tensor  # (B, T)
+    rows: SlotRows  # the configurations' changed rows (config, pos, ids)
+
+
+@dataclass
+class BlockCache:
+    """One block's attention of the samples, as the configurations' pass reuses it."""
+
     attention: SampleAttention  # q, k, v, sums per attention head
     mixed: Tensor  # (B, T, d) attention output, heads concatenated
     codes: Tensor | None  # (B, T, Hq) the quantiser's codes, None for an identity slot
     radius: Tensor | None  # (B, T, Hq) their certified radii
-    out: Tensor  # (B, T, d) output states
 
 
 @dataclass
@@ -65,7 +73,7 @@ class Chunk:
 
     members: Tensor  # (K_c,) configuration indices
     mixed: Tensor  # (K_c, T, d) attention output of every row
-    x_ids: Tensor  # (K_c, T) input state of every row: the sample's b*T + i, or B*T + its id in the slot table
+    x_ids: Tensor  # (K_c, T) input state of every row (an id into the block's input table)
     changed: Tensor  # (K_c, T) bool: the input state differs from the sample's
     v_max: float  # the largest norm of any head's value vector: bounds the outputs' rounding
 
@@ -77,36 +85,23 @@ class IncrementalResult:
     stats: Counter = field(default_factory=Counter)  # work done, summed over the batch (see configs_log_prob)
 
 
-def _heads(x: Tensor, n_heads: int) -> Tensor:
-    return rearrange(x, "... t (h e) -> ... h t e", h=n_heads)
-
-
-def sample_block(block: Block, x: Tensor) -> BlockCache:
-    """The dense block on the samples' states ``x (B, T, d)``, keeping what the configurations reuse."""
-    q, k, v = (_heads(y, block.attn.n_heads) for y in block.attn.qkv(block.ln_attn(x)))  # (B, H, T, e) each
+def sample_attention(block: Block, states: States, qkv: Tensor) -> BlockCache:
+    """The samples' attention (and codes) from the Q/K/V rows ``qkv (U, 3d)`` of the unique states."""
+    q, k, v = (rearrange(y, "b t (h e) -> b h t e", h=block.attn.n_heads) for y in qkv[states.sample_ids].chunk(3, -1))
     sums = block.attn.mixing(q, k, v, keep_sums=True)
     mixed = rearrange(sums.output, "b h t e -> b t (h e)")
     quantizer = quantizer_of(block)
-    codes = radius = None
-    value = mixed
-    if quantizer is not None:
-        codes, radius = quantizer(mixed, certify=True)  # (B, T, Hq) each
-        value = quantizer.decode(codes)
-    out = block.residual(x, block.attn.out_proj(value))
-    if block.ff is not None and block.ln_ff is not None:
-        out = block.residual(out, block.ff(block.ln_ff(out)))
-    return BlockCache(x, SampleAttention(q, k, v, sums), mixed, codes, radius, out)
+    codes, radius = quantizer(mixed, certify=True) if quantizer is not None else (None, None)  # (B, T, Hq) each
+    return BlockCache(SampleAttention(q, k, v, sums), mixed, codes, radius)
 
 
 def attention_chunks(
-    block: Block, cache: BlockCache, rows: SlotRows, owner: Tensor, run: Execution, stats: Counter
+    block: Block, cache: BlockCache, states: States, qkv: Tensor, owner: Tensor, run: Execution, stats: Counter
 ) -> Iterator[Chunk]:
     """The attention of every configuration, chunk by chunk (configurations of similar slot counts)."""
-    n_conf, (n_batch, n_tokens, d) = owner.shape[0], cache.x.shape
-    n_heads, device = block.attn.n_heads, owner.device
-    qkv_table = run.map_rows(lambda x: block.attn.qkv_proj(block.ln_attn(x)), rows.table)  # (U, 3d) unique states
-    values = torch.cat([rearrange(cache.attention.v, "b h t e -> (b t) h e"), _heads_of_rows(qkv_table, n_heads)])
-    v_max = float(values.norm(dim=-1).amax())  # bounds every head's attention output, sample's or not
+    rows, n_tokens = states.rows, states.sample_ids.shape[1]
+    n_conf, d, n_heads, device = owner.shape[0], states.table.shape[1], block.attn.n_heads, owner.device
+    v_max = float(rearrange(qkv.chunk(3, dim=-1)[2], "u (h e) -> u h e", h=n_heads).norm(dim=-1).amax())
     budget = run.policy.config_elements
     for members in chunks_by_count(rows.counts(n_conf), n_tokens * d, 2 * n_heads * n_tokens, budget):
         n_chunk, sample = members.shape[0], owner[members]
@@ -115,11 +110,11 @@ def attention_chunks(
         index = (local[rows.config] >= 0).nonzero().squeeze(-1)  # rows of this chunk ...
         index = index[sort_rows(local[rows.config[index]], rows.pos[index], n_tokens)]  # ... by (local, position)
         slot_local, slot_pos, slot_ids = local[rows.config[index]], rows.pos[index], rows.ids[index]
-        x_ids = sample[:, None] * n_tokens + torch.arange(n_tokens, device=device)  # (K_c, T) the sample's rows
-        x_ids[slot_local, slot_pos] = n_batch * n_tokens + slot_ids
+        x_ids = states.sample_ids[sample].clone()  # (K_c, T)
+        x_ids[slot_local, slot_pos] = slot_ids
         changed = torch.zeros(n_chunk, n_tokens, dtype=torch.bool, device=device)
         changed[slot_local, slot_pos] = True
-        slot_changed, slot_qkv = torch.ones_like(slot_pos, dtype=torch.bool), qkv_table[slot_ids]
+        slot_changed, slot_qkv = torch.ones_like(slot_pos, dtype=torch.bool), qkv[slot_ids]
         slots = _slot_attention(sample, slot_local, slot_pos, slot_changed, slot_qkv, n_heads)
         out, redo = block.attn.update(cache.attention, slots)
         if redo.any():
@@ -131,13 +126,11 @@ def attention_chunks(
             renumber = torch.full((n_chunk,), -1, dtype=torch.long, device=device)
             renumber[again] = torch.arange(again.shape[0], device=device)
             keep = renumber[slot_local] >= 0
-            att = cache.attention
-            redo_qkv = torch.cat([y[sample[redo_local], :, redo_pos].flatten(1) for y in (att.q, att.k, att.v)], dim=-1)
             local_r = torch.cat([renumber[slot_local[keep]], renumber[redo_local]])
             pos_r = torch.cat([slot_pos[keep], redo_pos])
             order = sort_rows(local_r, pos_r, n_tokens)
             changed_r = torch.cat([slot_changed[keep], torch.zeros_like(redo_local, dtype=torch.bool)])[order]
-            qkv_r = torch.cat([slot_qkv[keep], redo_qkv])[order]
+            qkv_r = torch.cat([slot_qkv[keep], qkv[x_ids[redo_local, redo_pos]]])[order]
             slots = _slot_attention(sample[again], local_r[order], pos_r[order], changed_r, qkv_r, n_heads)
             out[again], redo = block.attn.update(cache.attention, slots)
             assert not redo.any(), "a recomputed row is a slot: nothing is left to redo"
@@ -153,17 +146,12 @@ def _slot_attention(
     return SlotAttention(owner, padded_pos, valid, flags, q, k, v)
 
 
-def _heads_of_rows(qkv: Tensor, n_heads: int) -> Tensor:
-    """The values of Q/K/V rows ``(R, 3d)`` per head -> ``(R, H, e)``."""
-    return rearrange(qkv.chunk(3, dim=-1)[2], "r (h e) -> r h e", h=n_heads)
-
-
 def chunk_codes(block: Block, cache: BlockCache, chunk: Chunk, owner: Tensor, after: Tensor, stats: Counter) -> Tensor:
     """Codes ``(K_c, T, Hq)`` of a chunk's attention outputs: the sample's where certified (or before the first
     change), ``encode`` of the row where not."""
     quantizer = quantizer_of(block)
     assert quantizer is not None and cache.codes is not None and cache.radius is not None
-    n_tokens, e = cache.x.shape[1], cache.attention.q.shape[-1]
+    n_tokens, e = cache.mixed.shape[1], cache.attention.q.shape[-1]
     allowance = ROUNDING_ALLOWANCE * torch.finfo(chunk.mixed.dtype).eps * (n_tokens + e) * chunk.v_max
     sample = owner[chunk.members]
     moved = rearrange(chunk.mixed - cache.mixed[sample], "k t (h e) -> k t h e", h=quantizer.heads).norm(dim=-1)
@@ -178,20 +166,27 @@ def chunk_codes(block: Block, cache: BlockCache, chunk: Chunk, owner: Tensor, af
 
 
 def config_block(
-    block: Block, cache: BlockCache, rows: SlotRows, owner: Tensor, first: Tensor, run: Execution, stats: Counter
-) -> tuple[SlotRows, Tensor | None]:
-    """One full block for every configuration: input slot rows -> output slot rows (the rows whose output
-    differs from the sample's), and the codes ``(K, T, Hq)`` of a quantised block.
+    block: Block, states: States, owner: Tensor, first: Tensor, run: Execution, stats: Counter
+) -> tuple[States, Tensor | None, Tensor | None]:
+    """One full block for the samples and every configuration -> the states after it, and the codes of the
+    configurations ``(K, T, Hq)`` and of the samples ``(B, T, Hq)`` (quantised block). A configuration's output
+    rows are those whose output differs from the sample's: their input changed, or (quantiser) their code, or
+    (identity slot) their attention.
 
-    A new row's state is keyed by (input state, code tuple): the per-location ops after the attention
-    (``W_O``, residual, feed-forward) run once per distinct key across the whole batch, as in the dedup engine.
-    Without a quantiser every row is its own key."""
+    A new state is keyed by (input state, code tuple), for the samples' rows and the configurations' alike: the
+    per-location ops after the attention (``W_O``, residual, feed-forward) run once per distinct key across the
+    whole batch, as in the dedup engine. Without a quantiser every row is its own key."""
     quantizer = quantizer_of(block)
-    n_tokens = cache.x.shape[1]
+    n_tokens = states.sample_ids.shape[1]
     t = torch.arange(n_tokens, device=owner.device)
+    qkv = run.map_rows(lambda x: block.attn.qkv_proj(block.ln_attn(x)), states.table)  # (U, 3d)
+    cache = sample_attention(block, states, qkv)
     codes = None if quantizer is None else cache.codes[owner].clone()  # (K, T, Hq)
-    parts = []
-    for chunk in attention_chunks(block, cache, rows, owner, run, stats):
+    sample_value = cache.mixed if quantizer is None else cache.codes  # (B, T, d | Hq)
+    parts = [
+        (owner.new_zeros(0), t.new_zeros(0), owner.new_zeros(0), sample_value.new_zeros(0, sample_value.shape[-1]))
+    ]
+    for chunk in attention_chunks(block, cache, states, qkv, owner, run, stats):
         after = t >= first[chunk.members][:, None]  # (K_c, T)
         if quantizer is None:
             differs = chunk.changed | after  # every attention output from the first change on moved
@@ -205,59 +200,67 @@ def config_block(
         parts.append((chunk.members[k], i, chunk.x_ids[k, i], value[k, i]))
     config, pos, x_ids, value = (torch.cat(column) for column in zip(*parts, strict=True))
     order = sort_rows(config, pos, n_tokens)
-    config, pos, x_ids, value = config[order], pos[order], x_ids[order], value[order]
-    inputs = torch.cat([cache.x.flatten(0, 1), rows.table])  # (B*T + U, d): the ids' space
+    config, pos = config[order], pos[order]
+    x_ids = torch.cat([states.sample_ids.flatten(), x_ids[order]])  # samples' rows first, then the configurations'
+    value = torch.cat([sample_value.flatten(0, 1), value[order]])
     if quantizer is None:
-        ids = torch.arange(config.numel(), device=config.device)
-        table = block.residual(inputs[x_ids], block.attn.out_proj(value))  # (R, d)
+        ids = torch.arange(x_ids.numel(), device=x_ids.device)
+        table = block.residual(states.table[x_ids], block.attn.out_proj(value))  # (B*T + R, d)
     else:
-        tuple_of, tuples = tuple_ids(value, quantizer.codes)  # (R,), (n_tuples, Hq)
-        ids, x_u, tuple_u = pair_ids(x_ids, inputs.shape[0], tuple_of, tuples.shape[0])  # (R,), (U',), (U',)
+        tuple_of, tuples = tuple_ids(value, quantizer.codes)  # (B*T + R,), (n_tuples, Hq)
+        ids, x_u, tuple_u = pair_ids(x_ids, states.table.shape[0], tuple_of, tuples.shape[0])
         projected = block.attn.out_proj(quantizer.decode(tuples))  # (n_tuples, d): W_O per distinct code tuple
-        table = block.residual(inputs[x_u], projected[tuple_u])  # (U', d)
+        table = block.residual(states.table[x_u], projected[tuple_u])  # (U', d)
     if block.ff is not None and block.ln_ff is not None:
         table = run.map_rows(lambda y: block.residual(y, block.ff(block.ln_ff(y))), table)
     stats["slot_rows"] += config.numel()
     stats["unique_rows"] += table.shape[0]
-    return SlotRows(config, pos, ids, table), codes
+    n_sample_rows = states.sample_ids.numel()
+    sample_ids = ids[:n_sample_rows].view_as(states.sample_ids)
+    return States(table, sample_ids, SlotRows(config, pos, ids[n_sample_rows:])), codes, cache.codes
 
 
 def final_log_probs(
     model: AutoregressiveTransformer,
-    cache: BlockCache,
-    rows: SlotRows,
+    states: States,
     owner: Tensor,
     first: Tensor,
     tokens: Tensor,
+    config_tokens: Tensor,
     run: Execution,
     stats: Counter,
-) -> Tensor:
-    """The final half-block and the output: each configuration's conditionals ``(K, T)`` at its ``tokens (K, T)``
-    for the rows from its first change on (the others are left 0)."""
+) -> tuple[Tensor, Tensor]:
+    """The final half-block and the output: the samples' conditionals ``(B, T, vocab)`` (samples' ``tokens (B, T)``),
+    and each configuration's conditionals ``(K, T)`` at its ``config_tokens (K, T)`` for the rows from its first
+    change on (the others are left 0)."""
     block = model.final_block
     n_tokens = tokens.shape[1]
     t = torch.arange(n_tokens, device=owner.device)
-    out = torch.zeros(tokens.shape, dtype=cache.x.dtype, device=owner.device)
-    inputs = torch.cat([cache.x.flatten(0, 1), rows.table])  # (B*T + U, d): the ids' space
-    for chunk in attention_chunks(block, cache, rows, owner, run, stats):
+    qkv = run.map_rows(lambda x: block.attn.qkv_proj(block.ln_attn(x)), states.table)  # (U, 3d)
+    cache = sample_attention(block, states, qkv)
+    hidden = block.residual(states.table[states.sample_ids], block.attn.out_proj(cache.mixed))  # (B, T, d)
+    sample_conditionals = model.masked_log_softmax(model.head(model.ln_f(hidden)), model.n_down_before(tokens))
+    out = torch.zeros(config_tokens.shape, dtype=states.table.dtype, device=owner.device)
+    for chunk in attention_chunks(block, cache, states, qkv, owner, run, stats):
         k, i = (t >= first[chunk.members][:, None]).nonzero(as_tuple=True)
-        hidden = block.residual(inputs[chunk.x_ids[k, i]], block.attn.out_proj(chunk.mixed[k, i]))  # (R, d)
+        hidden = block.residual(states.table[chunk.x_ids[k, i]], block.attn.out_proj(chunk.mixed[k, i]))  # (R, d)
         logits = hidden.new_zeros(*chunk.x_ids.shape, model.head.out_features)  # (K_c, T, vocab)
         logits[k, i] = run.map_rows(lambda h: model.head(model.ln_f(h)), hidden)
-        chunk_tokens = tokens[chunk.members]
+        chunk_tokens = config_tokens[chunk.members]
         log_probs = model.masked_log_softmax(logits, model.n_down_before(chunk_tokens))
         out[chunk.members] = log_probs.gather(-1, chunk_tokens[..., None]).squeeze(-1)
         stats["conditionals"] += k.numel()
-    return out
+    return sample_conditionals, out
 
 
 def configs_log_prob(
     model: AutoregressiveTransformer, tokens: Tensor, config_tokens: Tensor, run: Execution, record_codes: bool
 ) -> tuple[Tensor, list[Tensor], Counter]:
     """``log P (B, M)`` of the configurations with tokens ``config_tokens (B, M, T)`` connected to the samples
-    with tokens ``(B, T)``; their codes per quantised block; the work done (``slot_rows``: rows computed per
-    location, summed over blocks; ``rows_certified``/``rows_encoded``: codes reused by certificate / computed;
-    ``rows_redone``: rows recomputed in full for safety; ``conditionals``: output rows computed)."""
+    with tokens ``(B, T)``; their codes per quantised block; the work done (``slot_rows``: the configurations'
+    rows computed per location, summed over blocks; ``unique_rows``: distinct states computed, samples' rows
+    included; ``rows_certified``/``rows_encoded``: codes reused by certificate / computed; ``rows_redone``: rows
+    recomputed in full for safety; ``conditionals``: output rows computed)."""
     n_batch, n_conn, n_tokens = config_tokens.shape
     inputs = model.shift_right(tokens)  # (B, T)
     config_inputs = model.shift_right(config_tokens.reshape(-1, n_tokens)).view(n_batch, n_conn, n_tokens)
@@ -265,34 +268,30 @@ def configs_log_prob(
     b, m = differs.any(dim=-1).nonzero(as_tuple=True)  # the configurations whose network input differs
     owner, moved = b, differs[b, m]  # (K,), (K, T)
     config, pos = moved.nonzero(as_tuple=True)
-    ids, pos_u, token_u = pair_ids(pos, n_tokens, config_inputs[b[config], m[config], pos], model.bos + 1)
-    rows = SlotRows(config, pos, ids, model.embed_sum(model.tok_emb(token_u), model.pos_emb(pos_u)))
     first = torch.where(moved, torch.arange(n_tokens, device=moved.device), n_tokens).amin(dim=-1)  # (K,)
+    # The embedding keyed by (position, input token), the samples' rows and the changed rows together.
+    positions = torch.cat([torch.arange(n_tokens, device=inputs.device).repeat(n_batch), pos])
+    ids, pos_u, token_u = pair_ids(
+        positions, n_tokens, torch.cat([inputs.flatten(), config_inputs[b[config], m[config], pos]]), model.bos + 1
+    )
+    table = model.embed_sum(model.tok_emb(token_u), model.pos_emb(pos_u))  # (U, d)
+    states = States(table, ids[: inputs.numel()].view_as(inputs), SlotRows(config, pos, ids[inputs.numel() :]))
     stats: Counter = Counter()
 
-    x = model.embed(inputs)  # (B, T, d): the samples' forward, block by block
     codes_per_block = []
     for block in model.blocks:
-        cache = sample_block(block, x)
-        codes = None
-        if owner.numel():
-            rows, codes = config_block(block, cache, rows, owner, first, run, stats)
-        elif cache.codes is not None:
-            codes = cache.codes[owner]  # (0, T, Hq)
+        states, codes, sample_codes = config_block(block, states, owner, first, run, stats)
         if codes is not None and record_codes:
-            all_codes = cache.codes[:, None].expand(-1, n_conn, -1, -1).clone()  # (B, M, T, Hq)
+            all_codes = sample_codes[:, None].expand(-1, n_conn, -1, -1).clone()  # (B, M, T, Hq)
             all_codes[b, m] = codes
             codes_per_block.append(all_codes)
-        x = cache.out
-    cache = sample_block(model.final_block, x)
-
-    sample_conditionals = model.masked_log_softmax(model.head(model.ln_f(cache.out)), model.n_down_before(tokens))
+    sample_conditionals, changed_rows = final_log_probs(
+        model, states, owner, first, tokens, config_tokens[b, m], run, stats
+    )
     per_position = sample_conditionals[:, None].expand(-1, n_conn, -1, -1).gather(-1, config_tokens[..., None])
     per_position = per_position.squeeze(-1)  # (B, M, T): the sample's conditionals at the configuration's tokens
-    if owner.numel():
-        changed_rows = final_log_probs(model, cache, rows, owner, first, config_tokens[b, m], run, stats)  # (K, T)
-        after = torch.arange(n_tokens, device=first.device) >= first[:, None]
-        per_position[b, m] = torch.where(after, changed_rows, per_position[b, m])
+    after = torch.arange(n_tokens, device=first.device) >= first[:, None]
+    per_position[b, m] = torch.where(after, changed_rows, per_position[b, m])
     return per_position.sum(dim=-1), codes_per_block, stats
 
 

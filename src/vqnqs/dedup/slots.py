@@ -21,12 +21,11 @@ from torch import Tensor
 @dataclass
 class SlotRows:
     """The changed rows of configurations ``0 .. K-1``, flat, sorted by (configuration, position); their states
-    are rows of a table of unique states (deduplicated by integer keys, :mod:`vqnqs.dedup.keys`)."""
+    are ids into a table of unique states (deduplicated by integer keys, :mod:`vqnqs.dedup.keys`)."""
 
     config: Tensor  # (R,) int64
     pos: Tensor  # (R,) int64
-    ids: Tensor  # (R,) int64 into table
-    table: Tensor  # (U, d)
+    ids: Tensor  # (R,) int64 into the table
 
     def counts(self, n_conf: int) -> Tensor:
         """``(K,)`` slots per configuration."""
