@@ -176,21 +176,24 @@ class IncrementalMixing(nn.Module):
         moved = slots.changed & slots.valid  # (K, W): keys that differ from the sample's
         sums = sample.sums
 
+        # Each configuration's sample's tensors (index_select: one contiguous gather each).
+        q, k, v = (x.index_select(0, owner) for x in (sample.q, sample.k, sample.v))  # (K, H, T, e)
+        row_max, denominator = sums.max.index_select(0, owner), sums.denominator.index_select(0, owner)  # (K, H, T)
+
         # Rows whose query is the sample's: remove the old terms of the changed keys, add the new ones.
         heads = torch.arange(n_heads, device=owner.device)[None, :, None, None]
-        s_old = sums.scores[owner[:, None, None, None], heads, t[None, None, :, None], slots.pos[:, None, None, :]]
-        s_new = torch.einsum("khte,khwe->khtw", sample.q[owner], slots.k) * scale  # (K, H, T, W)
+        flat = ((owner[:, None, None, None] * n_heads + heads) * n_tokens + t[:, None]) * n_tokens
+        s_old = torch.take(sums.scores, flat + slots.pos[:, None, None, :])  # (K, H, T, W): S_ij of the changed j
+        s_new = torch.einsum("khte,khwe->khtw", q, slots.k) * scale  # (K, H, T, W)
         visible = (moved[:, None, :] & (slots.pos[:, None, :] <= t[:, None]))[:, None]  # (K, 1, T, W)
-        row_max = sums.max[owner][..., None]  # (K, H, T, 1)
-        w_new = torch.where(visible, torch.exp(s_new - row_max), 0.0)
-        w_old = torch.where(visible, torch.exp(s_old - row_max), 0.0)
+        w_new = torch.where(visible, torch.exp(s_new - row_max[..., None]), 0.0)
+        w_old = torch.where(visible, torch.exp(s_old - row_max[..., None]), 0.0)
         removed = w_old.sum(-1)  # (K, H, T)
-        denominator = sums.denominator[owner]
-        log_weight = torch.where(visible, s_new - row_max, float("-inf")).amax(-1)  # (K, H, T)
+        log_weight = torch.where(visible, s_new - row_max[..., None], float("-inf")).amax(-1)  # (K, H, T)
         redo = ((removed > REDO_SHARE * denominator) | (log_weight > MAX_LOG_WEIGHT)).any(dim=1)  # (K, T)
-        v_old = sample.v[owner[:, None, None], heads[..., 0], slots.pos[:, None, :]]  # (K, H, W, e)
+        v_old = v.gather(2, slots.pos[:, None, :, None].expand(-1, n_heads, -1, e))  # (K, H, W, e)
         numerator = (
-            sums.numerator[owner]
+            sums.numerator.index_select(0, owner)
             + torch.einsum("khtw,khwe->khte", w_new, slots.v)
             - torch.einsum("khtw,khwe->khte", w_old, v_old)
         )  # (K, H, T, e)
@@ -201,14 +204,14 @@ class IncrementalMixing(nn.Module):
         replaced.scatter_(1, torch.where(moved, slots.pos, n_tokens), True)  # (K, T + 1); T: a dummy column
         base_ok = (t <= slots.pos[..., None]) & ~replaced[:, None, :n_tokens]  # (K, W, T)
         new_ok = moved[:, None, :] & (slots.pos[:, None, :] <= slots.pos[:, :, None])  # (K, W, W)
-        s_base = torch.einsum("khwe,khte->khwt", slots.q, sample.k[owner]) * scale
+        s_base = torch.einsum("khwe,khte->khwt", slots.q, k) * scale
         s_slot = torch.einsum("khwe,khxe->khwx", slots.q, slots.k) * scale
         scores = torch.cat(
             [s_base.masked_fill(~base_ok[:, None], float("-inf")), s_slot.masked_fill(~new_ok[:, None], float("-inf"))],
             dim=-1,
         ).masked_fill(~slots.valid[:, None, :, None], 0.0)  # (K, H, W, T + W); padding rows stay finite
         weights = scores.softmax(dim=-1)
-        slot_out = torch.einsum("khwt,khte->khwe", weights[..., :n_tokens], sample.v[owner]) + torch.einsum(
+        slot_out = torch.einsum("khwt,khte->khwe", weights[..., :n_tokens], v) + torch.einsum(
             "khwx,khxe->khwe", weights[..., n_tokens:], slots.v
         )  # (K, H, W, e)
         k, w = slots.valid.nonzero(as_tuple=True)
