@@ -11,6 +11,8 @@ or 2x2 patches, ``--bits`` 6) is built UNTRAINED with codebooks fitted to its ow
 - with ``--time``, wall-clock per sample (median of ``--repeats``, paths alternating order);
 - the incremental engine's work per connected configuration: rows computed per location (slots) and after
   deduplication, codes reused on a certificate vs computed, rows recomputed for safety;
+- float32 against the dense forward, on ``--check-samples`` samples: the share of codes equal to the dense
+  float32 forward's, and the mean local energy against the dense float64 evaluation (relative);
 - the process's peak resident memory (``ru_maxrss``) after the size.
 
     python benchmarks/incremental_scaling.py --sizes 32,64,128,256,384 --time
@@ -24,6 +26,7 @@ FLOPs and seconds per sample, environment), ``.csv`` (size x component x path) a
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import resource
 import statistics
@@ -34,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from vqnqs.dedup import dense_codes
 from vqnqs.dedup.incremental import incremental_log_prob
 from vqnqs.io import atomic_open, write_json
 from vqnqs.physics.hamiltonian import build_hamiltonian
@@ -63,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--bits", type=int, default=6)
     add("--batch", type=int, default=64, help="samples drawn (distinct ones kept); default 64")
     add("--dense-samples", type=int, default=4, help="samples the dense path runs on (default 4)")
+    add("--check-samples", type=int, default=8, help="samples of the float32-vs-dense check (default 8)")
     add("--dedup-max-sites", type=int, default=128, help="run the dedup path up to this many sites (default 128)")
     add("--time", action="store_true", help="also time every path")
     add("--repeats", type=int, default=3)
@@ -137,8 +142,27 @@ def measure(args: argparse.Namespace, size: str) -> dict:
             for path in paths if repeat % 2 == 0 else paths[::-1]:
                 times[path].append(time_call(calls[path], model.device) / on[path].shape[0])
         record["seconds_per_sample"] = {path: statistics.median(values) for path, values in times.items()}
+    record["float32_check"] = float32_check(hamiltonian, model, s[: args.check_samples])
     record["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return record
+
+
+def float32_check(hamiltonian, model, s: torch.Tensor) -> dict:
+    """The incremental engine in float32 against the dense forward: the share of codes equal to the dense
+    float32 forward's, and the mean local energy against the dense float64 evaluation (relative)."""
+    model32, model64 = copy.deepcopy(model).float(), copy.deepcopy(model).double()
+    conn = hamiltonian.connected(s)
+    codes = incremental_log_prob(model32, s, conn.configs, conn.valid, record_codes=True).codes
+    with torch.no_grad():
+        dense = dense_codes(model32, conn.configs[conn.valid])
+    same = [float((c[conn.valid] == d).all(-1).double().mean()) for c, d in zip(codes, dense, strict=True)]
+    e32 = float(local_energy(hamiltonian, model32, s, engine="incremental").mean())
+    e64 = float(local_energy(hamiltonian, model64, s, engine="dense").mean())
+    return {
+        "samples": int(s.shape[0]),
+        "codes_identical": min(same) if same else 1.0,
+        "mean_e_loc_rel": abs(e32 - e64) / abs(e64),
+    }
 
 
 def fits(records: list[dict]) -> dict:

@@ -96,14 +96,21 @@ def sample_attention(block: Block, states: States, qkv: Tensor) -> BlockCache:
 
 
 def attention_chunks(
-    block: Block, cache: BlockCache, states: States, qkv: Tensor, owner: Tensor, run: Execution, stats: Counter
+    block: Block,
+    cache: BlockCache,
+    states: States,
+    qkv: Tensor,
+    owner: Tensor,
+    first: Tensor,
+    run: Execution,
+    stats: Counter,
 ) -> Iterator[Chunk]:
     """The attention of every configuration, chunk by chunk (configurations of similar slot counts)."""
     rows, n_tokens = states.rows, states.sample_ids.shape[1]
     n_conf, d, n_heads, device = owner.shape[0], states.table.shape[1], block.attn.n_heads, owner.device
     v_max = float(rearrange(qkv.chunk(3, dim=-1)[2], "u (h e) -> u h e", h=n_heads).norm(dim=-1).amax())
     budget = run.policy.config_elements
-    for members in chunks_by_count(rows.counts(n_conf), n_tokens * d, 2 * n_heads * n_tokens, budget):
+    for members in chunks_by_count(rows.counts(n_conf), first, n_tokens * d, 2 * n_heads * n_tokens, budget):
         n_chunk, sample = members.shape[0], owner[members]
         local = torch.full((n_conf,), -1, dtype=torch.long, device=device)
         local[members] = torch.arange(n_chunk, device=device)
@@ -115,7 +122,8 @@ def attention_chunks(
         changed = torch.zeros(n_chunk, n_tokens, dtype=torch.bool, device=device)
         changed[slot_local, slot_pos] = True
         slot_changed, slot_qkv = torch.ones_like(slot_pos, dtype=torch.bool), qkv[slot_ids]
-        slots = _slot_attention(sample, slot_local, slot_pos, slot_changed, slot_qkv, n_heads)
+        start = int(first[members].min())  # every row before it is its sample's
+        slots = _slot_attention(sample, slot_local, slot_pos, slot_changed, slot_qkv, n_heads, start)
         out, redo = block.attn.update(cache.attention, slots)
         if redo.any():
             # Rows the update cannot trust become slots too, with the sample's state (so the sample's q, k, v);
@@ -131,19 +139,19 @@ def attention_chunks(
             order = sort_rows(local_r, pos_r, n_tokens)
             changed_r = torch.cat([slot_changed[keep], torch.zeros_like(redo_local, dtype=torch.bool)])[order]
             qkv_r = torch.cat([slot_qkv[keep], qkv[x_ids[redo_local, redo_pos]]])[order]
-            slots = _slot_attention(sample[again], local_r[order], pos_r[order], changed_r, qkv_r, n_heads)
+            slots = _slot_attention(sample[again], local_r[order], pos_r[order], changed_r, qkv_r, n_heads, start)
             out[again], redo = block.attn.update(cache.attention, slots)
             assert not redo.any(), "a recomputed row is a slot: nothing is left to redo"
         yield Chunk(members, rearrange(out, "k h t e -> k t (h e)"), x_ids, changed, v_max)
 
 
 def _slot_attention(
-    owner: Tensor, local: Tensor, pos: Tensor, changed: Tensor, qkv: Tensor, n_heads: int
+    owner: Tensor, local: Tensor, pos: Tensor, changed: Tensor, qkv: Tensor, n_heads: int, start: int
 ) -> SlotAttention:
     """Slot rows of configurations ``local (R,)`` (sorted) with their Q/K/V rows ``(R, 3d)``, padded."""
     padded_pos, valid, (flags, padded_qkv) = pad(local, pos, owner.shape[0], changed, qkv)
     q, k, v = (rearrange(y, "k w (h e) -> k h w e", h=n_heads) for y in padded_qkv.chunk(3, dim=-1))
-    return SlotAttention(owner, padded_pos, valid, flags, q, k, v)
+    return SlotAttention(owner, padded_pos, valid, flags, q, k, v, start)
 
 
 def chunk_codes(block: Block, cache: BlockCache, chunk: Chunk, owner: Tensor, after: Tensor, stats: Counter) -> Tensor:
@@ -186,7 +194,7 @@ def config_block(
     parts = [
         (owner.new_zeros(0), t.new_zeros(0), owner.new_zeros(0), sample_value.new_zeros(0, sample_value.shape[-1]))
     ]
-    for chunk in attention_chunks(block, cache, states, qkv, owner, run, stats):
+    for chunk in attention_chunks(block, cache, states, qkv, owner, first, run, stats):
         after = t >= first[chunk.members][:, None]  # (K_c, T)
         if quantizer is None:
             differs = chunk.changed | after  # every attention output from the first change on moved
@@ -241,7 +249,7 @@ def final_log_probs(
     hidden = block.residual(states.table[states.sample_ids], block.attn.out_proj(cache.mixed))  # (B, T, d)
     sample_conditionals = model.masked_log_softmax(model.head(model.ln_f(hidden)), model.n_down_before(tokens))
     out = torch.zeros(config_tokens.shape, dtype=states.table.dtype, device=owner.device)
-    for chunk in attention_chunks(block, cache, states, qkv, owner, run, stats):
+    for chunk in attention_chunks(block, cache, states, qkv, owner, first, run, stats):
         k, i = (t >= first[chunk.members][:, None]).nonzero(as_tuple=True)
         hidden = block.residual(states.table[chunk.x_ids[k, i]], block.attn.out_proj(chunk.mixed[k, i]))  # (R, d)
         logits = hidden.new_zeros(*chunk.x_ids.shape, model.head.out_features)  # (K_c, T, vocab)

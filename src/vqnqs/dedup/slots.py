@@ -56,19 +56,21 @@ def pad(local: Tensor, pos: Tensor, n_conf: int, *values: Tensor) -> tuple[Tenso
     return padded_pos, valid, padded
 
 
-def chunks_by_count(counts: Tensor, cost_per_conf: int, cost_per_slot: int, budget: int) -> Iterator[Tensor]:
-    """Configurations in chunks ``(K_c,)`` of similar slot counts (ascending; within a chunk the largest count is
-    at most twice the smallest, so padding at most doubles the work), each within ``budget``: a chunk of ``K_c``
-    configurations whose largest slot count is ``W`` costs ``K_c * (cost_per_conf + W * cost_per_slot)``."""
-    order = torch.argsort(counts, stable=True)
-    sorted_counts = counts[order]
-    # Chunks never straddle a power-of-two class of the count: [1], [2, 3], [4, 7], [8, 15], ...
-    classes = torch.floor(torch.log2(sorted_counts.clamp_min(1).double())).long()
-    bounds = torch.cumsum(torch.bincount(classes), 0).tolist()
+def chunks_by_count(
+    counts: Tensor, first: Tensor, cost_per_conf: int, cost_per_slot: int, budget: int
+) -> Iterator[Tensor]:
+    """Configurations in chunks ``(K_c,)`` of similar slot counts ``counts (K,)`` (within a chunk the largest is at
+    most twice the smallest, so padding at most doubles the work) and, among those, of similar first changed
+    positions ``first (K,)`` (the rows before a chunk's smallest are skipped). Each chunk stays within ``budget``:
+    ``K_c`` configurations whose largest slot count is ``W`` cost ``K_c * (cost_per_conf + W * cost_per_slot)``."""
+    # Classes of the count: [0, 1], [2, 3], [4, 7], [8, 15], ...; within a class by first change.
+    classes = torch.floor(torch.log2(counts.clamp_min(1).double())).long()
+    order = torch.argsort(classes * (int(first.max()) + 1 if first.numel() else 1) + first, stable=True)
+    bounds = torch.cumsum(torch.bincount(classes[order]), 0).tolist() if order.numel() else []
     start = 0
     for end in bounds:
+        width = int(counts[order[start:end]].max()) if end > start else 0  # the largest count of the class
+        size = max(1, budget // (cost_per_conf + width * cost_per_slot))
         while start < end:
-            width = int(sorted_counts[end - 1])  # the largest count of the class
-            size = max(1, budget // (cost_per_conf + width * cost_per_slot))
             yield order[start : min(start + size, end)]
             start = min(start + size, end)

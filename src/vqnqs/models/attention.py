@@ -143,6 +143,7 @@ class SlotAttention:
     q: Tensor  # (K, H, W, e)
     k: Tensor  # (K, H, W, e)
     v: Tensor  # (K, H, W, e)
+    start: int = 0  # no configuration changes a position before it: its rows are the samples' outputs
 
 
 # A row is recomputed in full when the keys it loses carry more than this share of its softmax weight (the
@@ -170,34 +171,38 @@ class IncrementalMixing(nn.Module):
     def forward(self, sample: SampleAttention, slots: SlotAttention) -> tuple[Tensor, Tensor]:
         """-> the attention outputs ``(K, H, T, e)`` of every row of every configuration, and ``redo (K, T)``."""
         n_heads, n_tokens, e = sample.q.shape[1:]
-        n_conf, width = slots.pos.shape
+        n_conf, start = slots.pos.shape[0], slots.start
         owner, scale = slots.owner, e**-0.5
         t = torch.arange(n_tokens, device=owner.device)
         moved = slots.changed & slots.valid  # (K, W): keys that differ from the sample's
         sums = sample.sums
-
         # Each configuration's sample's tensors (index_select: one contiguous gather each).
         q, k, v = (x.index_select(0, owner) for x in (sample.q, sample.k, sample.v))  # (K, H, T, e)
         row_max, denominator = sums.max.index_select(0, owner), sums.denominator.index_select(0, owner)  # (K, H, T)
+        numerator = sums.numerator.index_select(0, owner)  # (K, H, T, e)
+        out = numerator / denominator[..., None]  # the samples' outputs; rows from `start` on are updated below
 
         # Rows whose query is the sample's: remove the old terms of the changed keys, add the new ones.
+        rows = t[start:]  # (T',)
         heads = torch.arange(n_heads, device=owner.device)[None, :, None, None]
-        flat = ((owner[:, None, None, None] * n_heads + heads) * n_tokens + t[:, None]) * n_tokens
-        s_old = torch.take(sums.scores, flat + slots.pos[:, None, None, :])  # (K, H, T, W): S_ij of the changed j
-        s_new = torch.einsum("khte,khwe->khtw", q, slots.k) * scale  # (K, H, T, W)
-        visible = (moved[:, None, :] & (slots.pos[:, None, :] <= t[:, None]))[:, None]  # (K, 1, T, W)
-        w_new = torch.where(visible, torch.exp(s_new - row_max[..., None]), 0.0)
-        w_old = torch.where(visible, torch.exp(s_old - row_max[..., None]), 0.0)
-        removed = w_old.sum(-1)  # (K, H, T)
-        log_weight = torch.where(visible, s_new - row_max[..., None], float("-inf")).amax(-1)  # (K, H, T)
-        redo = ((removed > REDO_SHARE * denominator) | (log_weight > MAX_LOG_WEIGHT)).any(dim=1)  # (K, T)
+        flat = ((owner[:, None, None, None] * n_heads + heads) * n_tokens + rows[:, None]) * n_tokens
+        s_old = torch.take(sums.scores, flat + slots.pos[:, None, None, :])  # (K, H, T', W): S_ij, j changed
+        s_new = torch.einsum("khte,khwe->khtw", q[:, :, start:], slots.k) * scale  # (K, H, T', W)
+        hidden = ~(moved[:, None, :] & (slots.pos[:, None, :] <= rows[:, None]))[:, None]  # (K, 1, T', W)
+        shift = row_max[:, :, start:, None]
+        log_new = (s_new - shift).masked_fill(hidden, float("-inf"))  # exp(-inf) = 0: a key the row cannot see
+        w_old = (s_old - shift).masked_fill(hidden, float("-inf")).exp()
+        w_new = log_new.exp()
+        removed = w_old.sum(-1)  # (K, H, T')
+        old_denominator = denominator[:, :, start:]
+        redo = ((removed > REDO_SHARE * old_denominator) | (log_new.amax(-1) > MAX_LOG_WEIGHT)).any(dim=1)
         v_old = v.gather(2, slots.pos[:, None, :, None].expand(-1, n_heads, -1, e))  # (K, H, W, e)
-        numerator = (
-            sums.numerator.index_select(0, owner)
-            + torch.einsum("khtw,khwe->khte", w_new, slots.v)
-            - torch.einsum("khtw,khwe->khte", w_old, v_old)
-        )  # (K, H, T, e)
-        out = numerator / (denominator - removed + w_new.sum(-1))[..., None]
+        change = torch.einsum(
+            "khtw,khwe->khte", torch.cat([w_new, -w_old], dim=-1), torch.cat([slots.v, v_old], dim=2)
+        )  # (K, H, T', e)
+        updated = (numerator[:, :, start:] + change) / (old_denominator - removed + w_new.sum(-1))[..., None]
+        out[:, :, start:] = updated
+        redo = torch.cat([redo.new_zeros(n_conf, start), redo], dim=1)  # (K, T)
 
         # Slot rows in full: their queries against the sample's keys, the changed ones replaced by the new.
         replaced = torch.zeros(n_conf, n_tokens + 1, dtype=torch.bool, device=owner.device)

@@ -16,6 +16,7 @@ import seaborn as sns
 
 from vqnqs.io import atomic_open, ensure_writable_dir, read_json
 from vqnqs.profiling import fit_power_law
+from vqnqs.report.incremental import incremental_section
 from vqnqs.report.inputs import ReportInputs, read_csv
 from vqnqs.report.render import log_ticks, markdown_table, plt, save_figure
 from vqnqs.report.vq_training import vq_training_section
@@ -309,9 +310,12 @@ def write_report(params: dict, inputs: ReportInputs, out_dir: str | Path) -> Pat
             "Per component: `tfim_scaling_fits.csv`.",
             "",
         ]
-    vq_lines, vq_pictures = vq_training_section(inputs, out_dir, figures)
-    lines += vq_lines
-    pictures.update(vq_pictures)
+    for section_lines, section_pictures in (
+        vq_training_section(inputs, out_dir, figures),
+        incremental_section(out_dir, figures),
+    ):
+        lines += section_lines
+        pictures.update(section_pictures)
     lines += ["## Figures", ""]
     for title, path in pictures.items():
         lines += [f"### {title}", "", f"![{title}]({path})", "", f"Data: `{path.removesuffix('.png')}.csv`", ""]
