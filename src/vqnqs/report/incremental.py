@@ -102,9 +102,11 @@ def figure(table: pd.DataFrame, results: list[dict], figures: Path) -> str:
     return save_figure(fig, table, figures, "incremental_scaling")
 
 
-def incremental_section(out_dir: Path, figures: Path, results_dir: Path = BENCHMARK_RESULTS):
+def incremental_section(
+    out_dir: Path, figures: Path, results_dir: Path = BENCHMARK_RESULTS, pattern: str = PATTERN
+) -> tuple[list[str], dict[str, str]]:
     """The section's markdown lines and its figure ``{title: path}``; writes ``incremental_scaling.csv``."""
-    results = load(results_dir)
+    results = load(results_dir, pattern)
     if not results:
         return [], {}
     table = per_size(results)
