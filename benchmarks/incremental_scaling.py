@@ -11,9 +11,10 @@ or 2x2 patches, ``--bits`` 6) is built UNTRAINED with codebooks fitted to its ow
 - with ``--time``, wall-clock per sample (median of ``--repeats``, paths alternating order);
 - the incremental engine's work per connected configuration: rows computed per location (slots) and after
   deduplication, codes reused on a certificate vs computed, rows recomputed for safety;
-- float32 against the dense forward, on ``--check-samples`` samples: the share of codes equal to the dense
-  float32 forward's, and the mean local energy against the dense float64 evaluation (relative);
-- the process's peak resident memory (``ru_maxrss``) after the size.
+- the process's peak resident memory (``ru_maxrss``) after the size's paths (all of them: run one path alone,
+  ``--paths incremental``, to measure its memory);
+- float32 against the dense forward, on ``--check-samples`` samples (0: skip): the share of codes equal to the
+  dense float32 forward's, and the mean local energy against the dense float64 evaluation (relative).
 
     python benchmarks/incremental_scaling.py --sizes 32,64,128,256,384 --time
     python benchmarks/incremental_scaling.py --system heisenberg --sizes 6x6,12x12 --time
@@ -142,8 +143,10 @@ def measure(args: argparse.Namespace, size: str) -> dict:
             for path in paths if repeat % 2 == 0 else paths[::-1]:
                 times[path].append(time_call(calls[path], model.device) / on[path].shape[0])
         record["seconds_per_sample"] = {path: statistics.median(values) for path, values in times.items()}
-    record["float32_check"] = float32_check(hamiltonian, model, s[: args.check_samples])
+    # Peak resident memory of the process so far (every path run above), before the check's dense float64 pass.
     record["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if args.check_samples > 0:
+        record["float32_check"] = float32_check(hamiltonian, model, s[: args.check_samples])
     return record
 
 
