@@ -29,21 +29,25 @@ def assert_same_log_prob(engine: torch.Tensor, dense: torch.Tensor) -> None:
 
 
 @st.composite
-def vq_cases(draw):
+def transformer_configs(draw, min_blocks: int = 1, max_blocks: int = 2) -> TransformerConfig:
+    """Small random shapes: 1D and 2D lattices, several patch sizes, with or without the Sz sector."""
     shape, patch = draw(st.sampled_from(LATTICES))
-    n_sites = 1
-    for size in shape:
-        n_sites *= size
+    n_sites = shape[0] * (shape[1] if len(shape) == 2 else 1)
     d_model = draw(st.sampled_from([8, 16]))
-    config = TransformerConfig(
+    return TransformerConfig(
         shape,
         patch,
         d_model=d_model,
         n_heads=draw(st.sampled_from([1, 2])),
-        n_blocks=draw(st.integers(1, 2)),
+        n_blocks=draw(st.integers(min_blocks, max_blocks)),
         d_ff=2 * d_model,
         n_down=n_sites // 2 if draw(st.booleans()) else None,
     )
+
+
+@st.composite
+def vq_cases(draw):
+    config = draw(transformer_configs())
     vq = VQConfig(heads=draw(st.sampled_from([1, 2, 4])), codes=draw(st.integers(2, 16)))
     return (
         config,

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.dedup.conftest import hamiltonian, random_model
-from tests.dedup.test_engine import LATTICES, assert_same_log_prob
+from tests.dedup.test_engine import assert_same_log_prob, transformer_configs
 from vqnqs.dedup import ExecutionPolicy, dense_codes
 from vqnqs.dedup.incremental import incremental_log_prob
 from vqnqs.models import TransformerConfig, VectorQuantizer, VQConfig
@@ -67,18 +67,7 @@ def assert_same_codes(codes: torch.Tensor, x: torch.Tensor, quantizer: VectorQua
 
 @st.composite
 def cases(draw):
-    shape, patch = draw(st.sampled_from(LATTICES))
-    n_sites = shape[0] * (shape[1] if len(shape) == 2 else 1)
-    d_model = draw(st.sampled_from([8, 16]))
-    config = TransformerConfig(
-        shape,
-        patch,
-        d_model=d_model,
-        n_heads=draw(st.sampled_from([1, 2])),
-        n_blocks=draw(st.integers(0, 3)),
-        d_ff=2 * d_model,
-        n_down=n_sites // 2 if draw(st.booleans()) else None,
-    )
+    config = draw(transformer_configs(0, 3))
     vq = draw(st.none() | st.builds(VQConfig, heads=st.sampled_from([1, 2, 4]), codes=st.integers(2, 16)))
     return config, vq, draw(st.booleans()), draw(st.sampled_from(["heisenberg", "tfim"]))
 
