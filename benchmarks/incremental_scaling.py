@@ -14,7 +14,8 @@ or 2x2 patches, ``--bits`` 6) is built UNTRAINED with codebooks fitted to its ow
 - the process's peak resident memory (``ru_maxrss``) after the size's paths (all of them: run one path alone,
   ``--paths incremental``, to measure its memory);
 - float32 against the dense forward, on ``--check-samples`` samples (0: skip): the share of codes equal to the
-  dense float32 forward's, and the mean local energy against the dense float64 evaluation (relative).
+  dense float32 forward's, and the mean local energy against the dense float64 evaluation (relative), beside
+  the dense float32 forward's own deviation from it.
 
     python benchmarks/incremental_scaling.py --sizes 32,64,128,256,384 --time
     python benchmarks/incremental_scaling.py --system heisenberg --sizes 6x6,12x12 --time
@@ -160,11 +161,13 @@ def float32_check(hamiltonian, model, s: torch.Tensor) -> dict:
         dense = dense_codes(model32, conn.configs[conn.valid])
     same = [float((c[conn.valid] == d).all(-1).double().mean()) for c, d in zip(codes, dense, strict=True)]
     e32 = float(local_energy(hamiltonian, model32, s, engine="incremental").mean())
+    dense32 = float(local_energy(hamiltonian, model32, s, engine="dense").mean())  # float32's own rounding
     e64 = float(local_energy(hamiltonian, model64, s, engine="dense").mean())
     return {
         "samples": int(s.shape[0]),
         "codes_identical": min(same) if same else 1.0,
         "mean_e_loc_rel": abs(e32 - e64) / abs(e64),
+        "dense_float32_mean_e_loc_rel": abs(dense32 - e64) / abs(e64),
     }
 
 
