@@ -8,6 +8,8 @@ rule report:
         [f"data/train_vq/{job['run']}/bits{job['bits']}/{name}" for job in VQ_RUNS for name in ("metrics.json", "history.csv")],
         [f"data/profile_vq/{job['run']}/bits{job['bits']}{suffix}.csv" for job in VQ_RUNS for suffix in ("", "_components")],
         "data/reference/paper_table1.csv",
+        # The engines' scaling study (benchmarks/incremental_scaling.py), measured offline and committed.
+        expand("benchmarks/results/incremental_tfim_untrained_d256_{bits}bits.json", bits=[6, 24]),
         code=sources("report", "profiling", "vmc"),
     output:
         report="results/report.md",
