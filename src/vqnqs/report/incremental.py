@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from vqnqs.io import atomic_open
+from vqnqs.profiling.table import bits_value
 from vqnqs.report.render import markdown_table, save_figure
 
 BENCHMARK_RESULTS = Path("benchmarks/results")
@@ -36,20 +37,23 @@ def per_size(results: list[dict]) -> pd.DataFrame:
             for path in PATHS:
                 if path not in flops and path not in seconds:
                     continue
+                incremental = path == "incremental"
                 rows.append(
                     {
-                        "bits": record["bits"],
+                        "bits": bits_value(record["bits"]),
                         "n_sites": record["n_sites"],
                         "path": path,
                         "flops_per_sample": flops.get(path, {}).get("total"),
                         "seconds_per_sample": seconds.get(path),
                         "flops_savings": _ratio(flops.get("dense", {}).get("total"), flops.get(path, {}).get("total")),
                         "time_speedup": _ratio(seconds.get("dense"), seconds.get(path)),
-                        "slot_rows_per_config": record["incremental_work_per_config"].get("slot_rows"),
-                        "certified_share": record.get("certified_share"),
+                        "slot_rows_per_config": record["incremental_work_per_config"].get("slot_rows")
+                        if incremental
+                        else None,
+                        "certified_share": record.get("certified_share") if incremental else None,
                     }
                 )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).sort_values(["bits", "n_sites"], kind="stable", ignore_index=True)
 
 
 def _ratio(dense: float | None, other: float | None) -> float | None:
@@ -60,7 +64,7 @@ def exponents(results: list[dict]) -> pd.DataFrame:
     """One row per (bits, path): the fitted exponents of FLOPs and seconds per sample ~ N^a."""
     rows = []
     for result in results:
-        bits, fits = result["records"][0]["bits"], result["fits"]
+        bits, fits = bits_value(result["records"][0]["bits"]), result["fits"]
         for path in PATHS:
             flops = fits.get("flops_per_sample", {}).get("total", {}).get(path, {})
             seconds = fits.get("seconds_per_sample", {}).get(path, {})
@@ -75,7 +79,7 @@ def exponents(results: list[dict]) -> pd.DataFrame:
                         "sizes": " ".join(str(n) for n in sizes),
                     }
                 )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).sort_values("bits", kind="stable", ignore_index=True)
 
 
 def figure(table: pd.DataFrame, results: list[dict], figures: Path) -> str:
@@ -118,7 +122,7 @@ def incremental_section(
         "",
         "TFIM chain, untrained paper-shape VQ-NQS (d = 256, 8 heads, 3 blocks, 4-spin tokens) with codebooks "
         "fitted to its own samples; per distinct sample of a batch, the dense path on a few samples. Measured "
-        "offline by " + "; ".join(f"`python benchmarks/{command}`" for command in commands) + " (CPU, "
+        "offline by " + "; ".join(f"`python {command}`" for command in commands) + " (CPU, "
         "wall-clock noisy). Exponents of FLOPs and seconds per sample ~ N^a:",
         "",
         markdown_table(exponents(results), ".3f"),
