@@ -125,23 +125,34 @@ def attention_chunks(
         start = int(first[members].min())  # every row before it is its sample's
         slots = _slot_attention(sample, slot_local, slot_pos, slot_changed, slot_qkv, n_heads, start)
         out, redo = block.attn.update(cache.attention, slots)
-        if redo.any():
+        while redo.any():
             # Rows the update cannot trust become slots too, with the sample's state (so the sample's q, k, v);
-            # the configurations that have any are computed again.
+            # the configurations that have any are computed again (slots only grow, so this ends).
             redo_local, redo_pos = redo.nonzero(as_tuple=True)
             stats["rows_redone"] += redo_local.numel()
-            again = redo.any(dim=-1).nonzero().squeeze(-1)  # (K_r,) local indices
+            slot_local, slot_pos = torch.cat([slot_local, redo_local]), torch.cat([slot_pos, redo_pos])
+            slot_changed = torch.cat([slot_changed, torch.zeros_like(redo_local, dtype=torch.bool)])
+            slot_qkv = torch.cat([slot_qkv, qkv[x_ids[redo_local, redo_pos]]])
+            order = sort_rows(slot_local, slot_pos, n_tokens)
+            slot_local, slot_pos, slot_changed, slot_qkv = (
+                x[order] for x in (slot_local, slot_pos, slot_changed, slot_qkv)
+            )
+            again = redo.any(dim=-1).nonzero().squeeze(-1)  # (K_r,) local indices, ascending
             renumber = torch.full((n_chunk,), -1, dtype=torch.long, device=device)
             renumber[again] = torch.arange(again.shape[0], device=device)
             keep = renumber[slot_local] >= 0
-            local_r = torch.cat([renumber[slot_local[keep]], renumber[redo_local]])
-            pos_r = torch.cat([slot_pos[keep], redo_pos])
-            order = sort_rows(local_r, pos_r, n_tokens)
-            changed_r = torch.cat([slot_changed[keep], torch.zeros_like(redo_local, dtype=torch.bool)])[order]
-            qkv_r = torch.cat([slot_qkv[keep], qkv[x_ids[redo_local, redo_pos]]])[order]
-            slots = _slot_attention(sample[again], local_r[order], pos_r[order], changed_r, qkv_r, n_heads, start)
-            out[again], redo = block.attn.update(cache.attention, slots)
-            assert not redo.any(), "a recomputed row is a slot: nothing is left to redo"
+            slots = _slot_attention(
+                sample[again],
+                renumber[slot_local[keep]],
+                slot_pos[keep],
+                slot_changed[keep],
+                slot_qkv[keep],
+                n_heads,
+                start,
+            )
+            out[again], redo_again = block.attn.update(cache.attention, slots)
+            redo = torch.zeros_like(redo)
+            redo[again] = redo_again
         yield Chunk(members, rearrange(out, "k h t e -> k t (h e)"), x_ids, changed, v_max)
 
 
