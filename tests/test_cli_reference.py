@@ -36,10 +36,15 @@ def run_reference(tmp_path, *args):
         (["--system", "tfim", "--size", "32"], "free_fermions", -40.3843131612 / 32, 1e-11),
         (["--system", "tfim", "--size", "384"], "free_fermions", -488.5609453922 / 384, 1e-11),
         (["--system", "heisenberg", "--size", "4x4"], "lanczos", -0.5743254416, 1e-9),
-        (["--system", "heisenberg", "--size", "6x6"], "literature", -0.603522, 0),
-        (["--system", "heisenberg", "--size", "10x10"], "literature", -0.628667, 0),
+        # default 'best': exact diagonalisation, then Sandvik's SSE QMC (arXiv:2601.20189), then the paper's
+        (["--system", "heisenberg", "--size", "6x6"], "literature", -0.6035218, 0),
+        (["--system", "heisenberg", "--size", "8x8"], "literature", -0.61903712, 0),
+        (["--system", "heisenberg", "--size", "10x10"], "literature", -0.6286561, 0),
+        (["--system", "heisenberg", "--size", "12x12"], "literature", -0.63520068, 0),
+        (["--system", "heisenberg", "--size", "16x16"], "literature", -0.6435317, 0),
+        (["--system", "heisenberg", "--size", "10x10", "--literature-key", "paper"], "literature", -0.628667, 0),
+        (["--system", "heisenberg", "--size", "6x6", "--literature-key", "paper"], "literature", -0.603522, 0),
         (["--system", "heisenberg", "--size", "10x10", "--literature-key", "lubasch2014"], "literature", -0.628656, 0),
-        (["--system", "heisenberg", "--size", "16x16"], "literature", -0.6435312, 0),
     ],
 )
 def test_reference_values(tmp_path, args, method, per_site, tol):

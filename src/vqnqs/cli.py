@@ -18,7 +18,7 @@ from pathlib import Path
 from vqnqs.cli_args import Parser, finite_float, output_file, set_argument, size_argument
 from vqnqs.cli_help import STAGE_TEXTS
 from vqnqs.config import DEFAULT_PARAMS_PATH, ParamsError, load_params
-from vqnqs.io import OutputError, check_writable_dir, write_json
+from vqnqs.io import OutputError, check_writable_dir, read_json, write_json
 from vqnqs.knobs import knob_defaults
 from vqnqs.physics.hamiltonian import SYSTEMS
 from vqnqs.physics.lattice import BOUNDARIES
@@ -154,7 +154,7 @@ def add_reference(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help=(
             f"which literature row to use where several exist (default: params' reference.literature_key "
-            f"with --run, else {DEFAULT_LITERATURE_KEY!r}, the paper's)"
+            f"with --run, else {DEFAULT_LITERATURE_KEY!r}: the most precise independent value; 'paper': the paper's)"
         ),
     )
     parser.add_argument(
@@ -311,8 +311,11 @@ def run_profile(args: argparse.Namespace) -> None:
         )
         keys = ("total_savings", "quantized_ops_savings", "flops_dense_per_sample", "flops_dedup_per_sample")
         keys += ("total_savings_no_prefix", "time_dense_s", "time_dedup_s", "time_speedup")
-        for row in result.rows:
-            run.log_metrics({f"{row['model']}_{key}": row[key] for key in keys if row.get(key) is not None})
+        for row, model_dir in zip(result.rows, (args.baseline, args.model_dir), strict=True):
+            # linked to the profiled model's own MLflow logged model (its stage's metrics.json names it)
+            model_id = read_json(Path(model_dir) / "metrics.json").get("mlflow_model_id")
+            linked = model_id if run.has_model(model_id) else None
+            run.log_metrics({f"{row['model']}_{key}": row[key] for key in keys if row.get(key) is not None}, 0, linked)
         run.flush()
         run.log_artifact(result.out)
         run.log_artifact(result.components_out)

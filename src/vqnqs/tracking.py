@@ -10,6 +10,13 @@
   stage flushes, which it does right after each checkpoint: the run's curve is the checkpointed one. A run
   that ends on an exception drops what came after the last flush, so a resumed stage, which redoes those
   steps, logs each step once (and first sends the checkpointed steps a kill kept from the store).
+- A stage's trained model is an MLflow 3 logged model (:meth:`Run.log_model`): ``model.pt`` its artifact,
+  the run's ``final_*`` metrics linked to it and its id in ``metrics.json`` (``mlflow_model_id``); the profile
+  stage links the savings it measures to the same model, so the UI's model view lists every model with its
+  errors and savings. The checkpoint stays a run artifact.
+- Training runs (``system_metrics=True``) record MLflow's system metrics (``system/cpu_utilization_percentage``,
+  memory, disk, network; GPU utilisation and memory where ``nvidia-ml-py`` sees a GPU) every
+  ``$MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds (default 10).
 - A resumed stage continues its own run (the run id travels with the checkpoint: ``Run(run_id=...)``); a
   stage that sets a checkpoint aside ends that checkpoint's run as KILLED if it was left RUNNING (a
   SIGKILL leaves it so). SIGINT and SIGTERM end a run as KILLED.
@@ -33,7 +40,9 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,6 +144,7 @@ class Run:
         experiment: str | None = None,
         run_id: str | None = None,
         orphan_id: str | None = None,
+        system_metrics: bool = False,
     ) -> None:
         from mlflow.tracking import MlflowClient
 
@@ -143,13 +153,26 @@ class Run:
         self.uri = tracking_uri()
         self.experiment = experiment or DEFAULT_EXPERIMENT
         self._pending: list = []
+        # The logged model's name: stage, run key (else system_size) and bandwidth, e.g. "distill-tfim_16-6bits".
+        bits = f"{tags['bits']}bits" if tags.get("bits") is not None else None
+        lattice = tags.get("run") or "_".join(str(tags[key]) for key in ("system", "size") if tags.get(key) is not None)
+        self.model_name = "-".join(str(part) for part in (stage, lattice, bits) if part)
         try:
             with store_lock(self.uri):
                 self._client = MlflowClient(tracking_uri=self.uri)
                 self._end_if_running(orphan_id)
-                self.run_id = self._reopen(run_id) or self._create_run(stage, params, tags)
+                reopened = self._reopen(run_id)
+                self.run_id = reopened or self._create_run(stage, params, tags)
         except Exception as err:
             raise TrackingError(f"MLflow tracking store {self.uri}: cannot open or write ({err})") from err
+        self._monitor = None
+        if system_metrics:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(
+                self.run_id, resume_logging=reopened is not None, tracking_uri=self.uri
+            )
+            self._monitor.start()
 
     def _find(self, run_id: str | None):
         """The run ``run_id`` of this store, or None (absent, deleted, or no id)."""
@@ -201,14 +224,15 @@ class Run:
             history = self._client.get_metric_history(self.run_id, key)
         return max((metric.step for metric in history), default=0)
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        """Queue metrics (NaN and None are skipped); :meth:`flush` sends them."""
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, model_id: str | None = None) -> None:
+        """Queue metrics (NaN and None are skipped), linked to the logged model ``model_id`` if given;
+        :meth:`flush` sends them."""
         from mlflow.entities import Metric
 
         timestamp = int(time.time() * 1000)
         for key, value in metrics.items():
             if value is not None and value == value:
-                self._pending.append(Metric(key, float(value), timestamp, step or 0))
+                self._pending.append(Metric(key, float(value), timestamp, step or 0, model_id=model_id))
 
     def flush(self) -> None:
         try:
@@ -226,12 +250,47 @@ class Run:
         except Exception as err:
             raise TrackingError(f"MLflow run {self.run_id}: cannot store artifact {path} ({err})") from err
 
+    def log_model(self, files: list[Path], step: int) -> str:
+        """An MLflow 3 logged model, output of this run at ``step``, with ``files`` as its artifacts; returns
+        its id (``log_metrics(..., model_id=...)`` links metrics to it)."""
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+        try:
+            with store_lock(self.uri), tempfile.TemporaryDirectory() as folder:
+                experiment_id = self._client.get_run(self.run_id).info.experiment_id
+                model = self._client.create_logged_model(
+                    experiment_id, name=self.model_name, source_run_id=self.run_id, model_type="vqnqs"
+                )
+                for path in files:
+                    shutil.copy(path, folder)
+                self._client.log_model_artifacts(model.model_id, folder)
+                self._client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step)])
+                self._client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        except Exception as err:
+            raise TrackingError(f"MLflow run {self.run_id}: cannot log model {self.model_name} ({err})") from err
+        return model.model_id
+
+    def has_model(self, model_id: str | None) -> bool:
+        """Whether this store holds the logged model ``model_id`` (another stage's may live in another store)."""
+        from mlflow.exceptions import MlflowException
+
+        if model_id is None:
+            return False
+        with store_lock(self.uri):
+            try:
+                self._client.get_logged_model(model_id)
+            except MlflowException:
+                return False
+        return True
+
     def __enter__(self) -> Run:
         return self
 
     def __exit__(self, kind: type | None, error: BaseException | None, traceback: TracebackType | None) -> None:
         killed = kind is not None and issubclass(kind, (KeyboardInterrupt, Terminated))
         status = "FINISHED" if kind is None else "KILLED" if killed else "FAILED"
+        if self._monitor is not None:
+            self._monitor.finish()
         try:
             if kind is None:
                 self.flush()

@@ -108,7 +108,10 @@ def test_train_then_distill(env, tmp_path, capsys):
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [1, 2, 3, 4]
     assert run.data.metrics["final_rel_error"] == pytest.approx(metrics["rel_error"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"metrics.json", "checkpoint.pt", "model.pt", "history.csv"} <= artifacts
+    assert {"metrics.json", "checkpoint.pt", "history.csv"} <= artifacts
+    model = client.get_logged_model(metrics["mlflow_model_id"])  # the student: an MLflow logged model
+    assert (model.source_run_id, model.name, str(model.status)) == (run.info.run_id, "distill-tfim_8-6bits", "READY")
+    assert {m.key: m.value for m in model.metrics}["final_rel_error"] == pytest.approx(metrics["rel_error"])
 
 
 def test_reference_defaults_to_the_teachers(env, tmp_path):

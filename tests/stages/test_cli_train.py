@@ -26,6 +26,7 @@ def test_train_writes_metrics_and_an_mlflow_run(tmp_path, reference, monkeypatch
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)  # MLflow puts artifacts under ./mlruns for a store given by URI
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")  # samples within a run of a second
     params = tmp_path / "params.yaml"
     train = "".join(f"  {key}: {value}\n" for key, value in {**TINY, "steps": 50}.items())
     params.write_text(
@@ -57,7 +58,20 @@ def test_train_writes_metrics_and_an_mlflow_run(tmp_path, reference, monkeypatch
     assert sorted(m.step for m in curve) == [1, 2, 3]
     assert run.data.metrics["final_rel_error"] == pytest.approx(metrics["rel_error"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"metrics.json", "checkpoint.pt", "model.pt", "history.csv"} <= artifacts
+    assert {"metrics.json", "checkpoint.pt", "history.csv"} <= artifacts
+    assert run.data.metrics["system/cpu_utilization_percentage"] >= 0  # MLflow's system metrics, recorded
+    assert run.data.metrics["system/system_memory_usage_megabytes"] > 0
+
+    # The trained model is an MLflow logged model of the run, its metrics linked and its id in metrics.json.
+    (model,) = client.search_logged_models([experiment.experiment_id])
+    assert (model.model_id, model.source_run_id, model.name) == (
+        metrics["mlflow_model_id"],
+        run.info.run_id,
+        "train-chain",
+    )
+    linked = {metric.key: metric.value for metric in model.metrics}
+    assert linked["final_rel_error"] == pytest.approx(metrics["rel_error"]) and linked["final_v_score"] >= 0
+    assert {a.path for a in client.list_logged_model_artifacts(model.model_id)} == {"model.pt"}
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,19 @@ def test_zero_new_steps_still_report_seconds_per_step(tmp_path, chain):
     assert again["steps"] == 2 and again["seconds_per_step"] > 0
 
 
+def test_a_finished_checkpoint_rewrites_the_outputs_a_pipeline_removed(tmp_path, chain):
+    """`dvc repro` deletes a stage's outputs (not its persist checkpoint) before rerunning it: the stage resumes
+    at its last step and writes every output again, the history from the checkpoint."""
+    hamiltonian, reference = chain
+    first = Trainer(hamiltonian, tiny_config(steps=3), tmp_path, reference).run(progress=False)
+    rows = history(tmp_path)
+    for name in ("history.csv", "metrics.json", "model.pt"):
+        (tmp_path / name).unlink()
+    again = Trainer(hamiltonian, tiny_config(steps=3), tmp_path, reference).run(progress=False)
+    assert history(tmp_path) == rows and (tmp_path / "model.pt").is_file()
+    assert again["energy_per_site"] == first["energy_per_site"]  # the evaluation's stream was checkpointed too
+
+
 def cli_train(world, out, *settings):
     reference = world / "ref.json"
     if not reference.exists():

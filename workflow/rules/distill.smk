@@ -8,7 +8,12 @@ rule distill:
     output:
         model="data/distill/{run}/bits{bits}/model.pt",
         metrics="data/distill/{run}/bits{bits}/metrics.json",
-        history="data/distill/{run}/bits{bits}/history.csv",
+        history=report(
+            "data/distill/{run}/bits{bits}/history.csv",
+            caption="../report/distill.rst",
+            category="3. Distillation",
+            labels={"run": "{run}", "bits": "{bits}"},
+        ),
     params:
         settings=lambda wildcards: P["systems"][wildcards.run],
         distill=P["distill"],

@@ -8,7 +8,12 @@ rule profile:
         reference="data/reference/{run}.json",
         code=sources("physics", "models", "dedup", "vmc", "profiling", "stages"),
     output:
-        table="data/profile/{run}/bits{bits}.csv",
+        table=report(
+            "data/profile/{run}/bits{bits}.csv",
+            caption="../report/profile.rst",
+            category="4. Profile",
+            labels={"run": "{run}", "bits": "{bits}"},
+        ),
         components="data/profile/{run}/bits{bits}_components.csv",
     params:
         settings=lambda wildcards: P["systems"][wildcards.run],

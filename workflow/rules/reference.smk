@@ -4,7 +4,12 @@ rule reference:
         literature="data/reference/literature.csv",
         code=sources("physics"),
     output:
-        "data/reference/{run}.json",
+        report(
+            "data/reference/{run}.json",
+            caption="../report/reference.rst",
+            category="1. References",
+            labels={"run": "{run}"},
+        ),
     params:
         settings=lambda wildcards: P["systems"][wildcards.run],
         reference=P["reference"],

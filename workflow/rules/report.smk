@@ -13,9 +13,21 @@ rule report:
         code=sources("report", "profiling", "vmc"),
     output:
         report="results/report.md",
+        # The captions are the report stage's own outputs (vqnqs.report.captions), rendered by --report.
         table="results/table1.csv",
+        table_html=report(
+            "results/table1.html", caption="../../results/captions/table1.rst", category="0. Table 1 and figures"
+        ),
         fits="results/tfim_scaling_fits.csv",
-        figures=directory("results/figures"),
+        summary="results/summary.json",
+        figures=report(
+            directory("results/figures"),
+            patterns=["{name}.png"],
+            caption="../../results/captions/figures.rst",
+            category="0. Table 1 and figures",
+            labels={"figure": "{name}"},
+        ),
+        captions=directory("results/captions"),
     log:
         "logs/report.log",
     benchmark:

@@ -7,7 +7,12 @@ rule train:
     output:
         model="data/train/{run}/model.pt",
         metrics="data/train/{run}/metrics.json",
-        history="data/train/{run}/history.csv",
+        history=report(
+            "data/train/{run}/history.csv",
+            caption="../report/train.rst",
+            category="2. Baseline VMC",
+            labels={"run": "{run}"},
+        ),
     params:
         settings=lambda wildcards: P["systems"][wildcards.run],
         train=P["train"],

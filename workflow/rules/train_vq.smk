@@ -7,7 +7,12 @@ rule train_vq:
     output:
         model="data/train_vq/{run}/bits{bits}/model.pt",
         metrics="data/train_vq/{run}/bits{bits}/metrics.json",
-        history="data/train_vq/{run}/bits{bits}/history.csv",
+        history=report(
+            "data/train_vq/{run}/bits{bits}/history.csv",
+            caption="../report/train_vq.rst",
+            category="5. VQ-NQS trained by VMC",
+            labels={"run": "{run}", "bits": "{bits}"},
+        ),
     params:
         settings=lambda wildcards: P["systems"][wildcards.run],
         train=P["train"],

@@ -85,6 +85,7 @@ def profile_row(
     if rel_error is None and energy is not None:
         rel_error = relative_error(energy, reference)
     first = next(iter(timings.values()), None)
+    quantized = isinstance(model, VQTransformer)  # a model without quantisers has no quantised ops to count
     row: dict[str, Any] = {
         "system": system["system"],
         "size": system["size"],
@@ -93,10 +94,11 @@ def profile_row(
         "energy_per_site": energy,
         "rel_error": rel_error,
         "exact_rel_error": finite_number(metrics, "exact_rel_error"),  # by enumeration, small lattices only
+        "v_score": finite_number(metrics, "v_score"),  # N var(E_loc) / E^2 on the stage's evaluation samples
         "flops_dense": flops.flops_dense_per_batch,
         "flops_dedup": flops.flops_dedup_per_batch,
         "total_savings": flops.total_savings,
-        "quantized_ops_savings": flops.quantized_ops_savings,
+        "quantized_ops_savings": flops.quantized_ops_savings if quantized else None,
         "time_dense_s": first.dense_s if first else None,
         "time_dedup_s": first.dedup_s if first else None,
         "time_speedup": first.speedup if first else None,
@@ -109,8 +111,8 @@ def profile_row(
         "flops_incremental_per_sample": flops.flops_incremental_per_sample,
         "time_incremental_s": first.incremental_s if first else None,
         "time_speedup_incremental": first.speedup_incremental if first else None,
-        "flops_quantized_dense_per_sample": flops.quantized_dense_per_sample,
-        "flops_quantized_dedup_per_sample": flops.quantized_dedup_per_sample,
+        "flops_quantized_dense_per_sample": flops.quantized_dense_per_sample if quantized else None,
+        "flops_quantized_dedup_per_sample": flops.quantized_dedup_per_sample if quantized else None,
         "reference_per_site": reference,
         "n_sites": model.n_sites,
         "n_tokens": model.patching.n_tokens,

@@ -1,8 +1,12 @@
 """``results/report.md``: Table 1 beside the paper's numbers, the scaling fits, the figures.
 
-Inputs: :mod:`vqnqs.report.inputs`. Outputs in ``--out-dir`` (default ``results``): ``report.md``,
-``table1.csv``, ``tfim_scaling_fits.csv``, ``vq_training.csv``, ``figures/*.png`` and, beside every figure,
-the CSV it was drawn from (``figures/<name>.csv``). Everything is written atomically.
+Inputs: :mod:`vqnqs.report.inputs`. Outputs in ``--out-dir`` (default ``results``), all written atomically:
+
+- ``report.md``; ``table1.csv`` and ``table1.html`` (the same with its column captions);
+- ``tfim_scaling_fits.csv``, ``vq_training.csv``;
+- ``summary.json``: the headline metrics per run, for ``dvc metrics`` and ``dvc exp show``;
+- ``figures/*.png`` and, beside every figure, the CSV it was drawn from (``figures/<name>.csv``);
+- ``captions/*.rst``: :mod:`vqnqs.report.captions`, for Snakemake's HTML report.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from vqnqs.io import atomic_open, ensure_writable_dir, read_json
+from vqnqs.io import atomic_open, ensure_writable_dir, read_json, write_json
+from vqnqs.physics.reference import DEFAULT_LITERATURE_KEY
 from vqnqs.profiling import fit_power_law
+from vqnqs.report.captions import FIGURE_CAPTIONS, TABLE1_COLUMNS, columns_table, write_snakemake_captions
 from vqnqs.report.incremental import incremental_section
 from vqnqs.report.inputs import ReportInputs, read_csv
-from vqnqs.report.render import log_ticks, markdown_table, plt, save_figure
+from vqnqs.report.render import log_ticks, markdown_table, plt, save_figure, write_html_table
 from vqnqs.report.vq_training import vq_training_section
 
 PAPER_TABLE_PATH = Path("data/reference/paper_table1.csv")
@@ -39,7 +45,9 @@ def collect_tables(inputs: ReportInputs, params: dict) -> dict[str, pd.DataFrame
                 "system": system["system"],
                 "size": system["size"],
                 "reference_per_site": reference["energy_per_site"],
+                "uncertainty_per_site": reference["uncertainty_per_site"],
                 "method": reference["method"],
+                "literature_key": reference.get("literature_key", ""),
                 "source": reference["source"],
             }
         )
@@ -134,16 +142,20 @@ COMPONENT_GROUPS = {
 
 
 def figure_convergence(curves: pd.DataFrame, figures: Path) -> str:
-    """Relative error per step (faint) and its running median over ~2% of the run (solid)."""
-    data = curves[["run", "step", "rel_error"]].dropna().sort_values(["run", "step"])
+    """Relative error per step (faint) and its running median over ~2% of the run (solid), against the step
+    (left) and the wall time (right)."""
+    data = curves[["run", "step", "time_s", "rel_error"]].dropna().sort_values(["run", "step"])
     window = max(1, int(data.groupby("run")["step"].count().max()) // 50)
     data["running_median"] = data.groupby("run")["rel_error"].transform(
         lambda errors: errors.rolling(window, min_periods=1).median()
     )
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    sns.lineplot(data=data, x="step", y="rel_error", hue="run", alpha=0.25, lw=0.8, legend=False, ax=ax)
-    sns.lineplot(data=data, x="step", y="running_median", hue="run", ax=ax)
-    ax.set(yscale="log", xlabel="VMC step", ylabel="relative error of E/N", title="Baseline VMC convergence")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, x, label in zip(axes, ("step", "time_s"), ("VMC step", "wall time (s)"), strict=True):
+        sns.lineplot(data=data, x=x, y="rel_error", hue="run", alpha=0.25, lw=0.8, legend=False, ax=ax)
+        sns.lineplot(data=data, x=x, y="running_median", hue="run", legend=ax is axes[1], ax=ax)
+        ax.set(yscale="log", xlabel=label, ylabel="relative error of E/N")
+    axes[1].legend(bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.suptitle("Baseline VMC convergence")
     return save_figure(fig, data, figures, "vmc_convergence")
 
 
@@ -222,29 +234,44 @@ def figure_scaling(components: pd.DataFrame, fits: pd.DataFrame, figures: Path) 
     return save_figure(fig, data, figures, "tfim_scaling")
 
 
-# --- markdown -------------------------------------------------------------------------------------
+# --- markdown and summary ------------------------------------------------------------------------
+
+TABLE1 = list(TABLE1_COLUMNS)
+# Per run and model, the figures `dvc metrics show` and `dvc exp show` list (results/summary.json).
+SUMMARY_KEYS = ("rel_error", "exact_rel_error", "v_score", "total_savings", "speedup_time")
 
 
-TABLE1_COLUMNS = [
-    "system",
-    "size",
-    "model",
-    "bits",
-    "energy_per_site",
-    "rel_error",
-    "exact_rel_error",
-    "paper_rel_error",
-    "flops_dense",
-    "flops_dedup",
-    "total_savings",
-    "total_savings_no_prefix",
-    "paper_total_savings",
-    "quantized_ops_savings",
-    "paper_quantized_ops_savings",
-    "time_dense_s",
-    "time_dedup_s",
-    "speedup_time",
-]
+def summary(table1: pd.DataFrame, inputs: ReportInputs) -> dict:
+    """``{run: {"baseline" | "bits<B>": {SUMMARY_KEYS..., "seconds_per_step"}}}``: the headline numbers
+    (savings blank for the baseline: it is the reference of no savings), NaN as null."""
+
+    def clean(value) -> float | None:
+        return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+    result: dict = {}
+    for row in table1.to_dict("records"):
+        baseline = row["model"] == "baseline"
+        stage_dir = inputs.train_dir(row["run"]) if baseline else inputs.distill_dir(row["run"], int(row["bits"]))
+        seconds = read_json(stage_dir / "metrics.json").get("seconds_per_step")
+        keys = SUMMARY_KEYS[:3] if baseline else SUMMARY_KEYS
+        entry = {key: clean(row.get(key)) for key in keys} | {"seconds_per_step": clean(seconds)}
+        result.setdefault(row["run"], {})["baseline" if baseline else f"bits{int(row['bits'])}"] = entry
+    return result
+
+
+def references_note(params: dict) -> str:
+    key = params.get("reference", {}).get("literature_key") or DEFAULT_LITERATURE_KEY
+    chosen = (
+        "`best`: the most precise independent value per lattice (exact diagonalisation, then Sandvik's SSE QMC, "
+        "arXiv:2601.20189, then the paper's number)"
+        if key == "best"
+        else f"`{key}`"
+    )
+    return (
+        "Relative errors are taken against these references: exact (free fermions, Lanczos) where tractable; "
+        f"beyond, a row of data/reference/literature.csv chosen by `reference.literature_key` = {chosen}. "
+        "`literature_key: paper` gives the paper's own references, to compare like for like with its Table 1."
+    )
 
 
 def write_report(params: dict, inputs: ReportInputs, out_dir: str | Path) -> Path:
@@ -254,15 +281,20 @@ def write_report(params: dict, inputs: ReportInputs, out_dir: str | Path) -> Pat
     figures = ensure_writable_dir(out_dir / "figures")
     tables = collect_tables(inputs, params)
     table1 = table1_with_paper(tables["table1"], paper_numbers())
-    for column in TABLE1_COLUMNS:
+    for column in TABLE1:
         if column not in table1:
             table1[column] = math.nan
     fits = scaling_fits(tables["components"])
 
     with atomic_open(out_dir / "table1.csv") as handle:
-        table1[TABLE1_COLUMNS].to_csv(handle, index=False)
+        table1[TABLE1].to_csv(handle, index=False)
     with atomic_open(out_dir / "tfim_scaling_fits.csv") as handle:
         fits.to_csv(handle, index=False)
+    write_json(out_dir / "summary.json", summary(table1, inputs))
+    references = references_note(params)
+    title = "Table 1: energies and local-energy cost, ours beside the paper's numbers where we hold them"
+    write_html_table(out_dir / "table1.html", title, references, table1[TABLE1], TABLE1_COLUMNS)
+    write_snakemake_captions(out_dir / "captions", references)
 
     sns.set_theme(style="whitegrid", context="notebook")
     pictures = {
@@ -281,19 +313,19 @@ def write_report(params: dict, inputs: ReportInputs, out_dir: str | Path) -> Pat
         "",
         "## References",
         "",
+        references,
+        "",
         markdown_table(tables["references"], ".10f"),
         "",
         "## Table 1: energies and local-energy cost (ours beside the paper's where we hold its numbers)",
         "",
-        "FLOPs are those of the local energy of a batch of samples (all connected configurations), dense "
-        "forward vs the dedup engine; `total_savings` = dense / dedup FLOPs of the whole network, "
-        "`quantized_ops_savings` the same ratio over the ops whose inputs are quantised; `speedup_time` = "
-        "dense / dedup wall-clock. Our engine also runs attention once per distinct prefix of ids, a reuse "
-        "open to any autoregressive model (the baseline rows show what it alone buys); `*_no_prefix` "
-        "columns count the engine without it (attention once per location), as the paper's engine does: "
-        "compare those with the `paper_*` columns, the paper's values where known (blank otherwise).",
+        "Our engine also runs attention once per distinct prefix of ids, a reuse open to any autoregressive "
+        "model (the baseline rows show what it alone buys); compare the `*_no_prefix` columns with the "
+        "paper's. The columns:",
         "",
-        markdown_table(table1[TABLE1_COLUMNS]),
+        markdown_table(columns_table()),
+        "",
+        markdown_table(table1[TABLE1]),
         "",
     ]
     if not fits.empty:
@@ -318,7 +350,17 @@ def write_report(params: dict, inputs: ReportInputs, out_dir: str | Path) -> Pat
         pictures.update(section_pictures)
     lines += ["## Figures", ""]
     for title, path in pictures.items():
-        lines += [f"### {title}", "", f"![{title}]({path})", "", f"Data: `{path.removesuffix('.png')}.csv`", ""]
+        name = Path(path).stem
+        lines += [
+            f"### {title}",
+            "",
+            f"![{title}]({path})",
+            "",
+            FIGURE_CAPTIONS[name],
+            "",
+            f"Data: `figures/{name}.csv`",
+            "",
+        ]
     report = out_dir / "report.md"
     with atomic_open(report) as handle:
         handle.write("\n".join(lines))

@@ -53,6 +53,7 @@ HISTORY_COLUMNS = (
     "energy_per_site",  # fit: every energy_every steps, on energy_samples student samples; vmc: every step
     "energy_error",  # its standard error (per site)
     "rel_error",  # |E / N - reference| / |reference|
+    "v_score",  # N var(E_loc) / E^2 of the same samples
     "time_s",  # wall time since the start of distillation (summed over resumed invocations)
 )
 METRICS_KEYS = (
@@ -201,7 +202,7 @@ class Distiller(Stage):
             self.hamiltonian, self.student, self.monitor, config.energy_samples, config.chunk_size, "dedup"
         )
         metrics = energy_metrics(energy.stats, self.hamiltonian.n_sites, self.reference)
-        return {key: metrics[key] for key in ("energy_per_site", "energy_error", "rel_error")}
+        return {key: metrics[key] for key in ("energy_per_site", "energy_error", "rel_error", "v_score")}
 
     # --- evaluation and outputs ---
 

@@ -52,6 +52,7 @@ METRICS_KEYS = (
     "energy_per_site",
     "energy_error",
     "variance",
+    "v_score",
     "rel_error",
     "reference_per_site",
     "n_params",
@@ -171,6 +172,9 @@ class Stage:
             **self.state_dict(),
         }
         save_checkpoint(self.checkpoint_path, payload)
+        self.write_history()
+
+    def write_history(self) -> None:
         with atomic_open(self.out_dir / HISTORY_FILE) as handle:
             writer = csv.DictWriter(handle, fieldnames=self.history_columns)
             writer.writeheader()
@@ -310,6 +314,8 @@ class Stage:
             for line in self.cost_estimates():
                 print(line, file=sys.stderr)
         steps_run, seconds = self.loop(tracker, progress)
+        if not steps_run:  # a finished checkpoint: its history.csv may have been removed by a pipeline's rerun
+            self.write_history()
 
         eval_start = time.perf_counter()
         metrics = self.evaluate()
@@ -330,12 +336,15 @@ class Stage:
             }
         )
         save_model(self.out_dir / MODEL_FILE, model, info)
+        if tracker is not None:  # model.pt as an MLflow logged model; metrics.json names it
+            metrics["mlflow_model_id"] = tracker.log_model([self.out_dir / MODEL_FILE], self.step)
         write_json(self.out_dir / METRICS_FILE, metrics)  # last: metrics.json present means the stage is complete
         if tracker is not None:
             final = {f"final_{key}": metrics.get(key) for key in self.final_keys}
-            tracker.log_metrics({k: v for k, v in final.items() if isinstance(v, (int, float))})
+            numbers = {k: v for k, v in final.items() if isinstance(v, (int, float))}
+            tracker.log_metrics(numbers, self.step, model_id=metrics["mlflow_model_id"])
             tracker.flush()
-            for name in (METRICS_FILE, HISTORY_FILE, CHECKPOINT_FILE, MODEL_FILE):
+            for name in (METRICS_FILE, HISTORY_FILE, CHECKPOINT_FILE):
                 tracker.log_artifact(self.out_dir / name)
         return metrics
 

@@ -130,13 +130,15 @@ def summary_line(result: ProfileResult) -> str:
     """One line per model for the terminal."""
     lines = []
     for row in result.rows:
-        time = ""
+        time, quantized = "", ""
+        if row.get("quantized_ops_savings") is not None:
+            quantized = f", quantised ops x{row['quantized_ops_savings']:.2f}"
         if row.get("time_dense_s") is not None:
             time = f", time {row['time_dense_s']:.3g} s -> {row['time_dedup_s']:.3g} s (x{row['time_speedup']:.2f})"
         lines.append(
             f"{row['system']} {row['size']} {row['model']} ({row['bits']} bits): FLOPs/sample "
             f"{row['flops_dense_per_sample']:.3g} -> {row['flops_dedup_per_sample']:.3g}, total savings "
-            f"x{row['total_savings']:.2f} (x{row['total_savings_no_prefix']:.2f} without prefix reuse), "
-            f"quantised ops x{row['quantized_ops_savings']:.2f}{time}"
+            f"x{row['total_savings']:.2f} (x{row['total_savings_no_prefix']:.2f} without prefix reuse)"
+            f"{quantized}{time}"
         )
     return "\n".join(lines)

@@ -107,4 +107,11 @@ def open_run(
     system = {key: settings.get(key) for key in SYSTEM_KEYS}
     labels = {"system": settings["system"], "size": settings["size"], "boundary": settings["boundary"], "run": run}
     ids = {"run_id": driver.run_id, "orphan_id": driver.orphan_id} if driver is not None else {}
-    return Run(stage, {"system": system, **used}, {**labels, **tags}, experiment=params.get("experiment"), **ids)
+    return Run(
+        stage,
+        {"system": system, **used},
+        {**labels, **tags},
+        experiment=params.get("experiment"),
+        system_metrics=driver is not None,  # the step-wise (training) stages record CPU, memory and GPU use
+        **ids,
+    )

@@ -35,6 +35,7 @@ HISTORY_COLUMNS = (
     "energy_error",  # standard error of E / N
     "variance",  # var E_loc (whole system)
     "rel_error",  # |E / N - reference| / |reference|
+    "v_score",  # N var(E_loc) / E^2 of this step's samples (0 for an eigenstate; no reference needed)
     "grad_norm",  # |dE/dθ| (eq. 3)
     "lr",  # learning rate of this update
     "diag_shift",  # SR diagonal shift of this update (empty for Adam)

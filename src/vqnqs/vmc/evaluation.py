@@ -2,7 +2,8 @@
 
 - :func:`sampled_energy`: ``E = mean E_loc`` on fresh exact samples, drawn and evaluated in chunks, each
   chunk's distinct samples once (weighted by their frequency), through a log-psi engine.
-- :func:`energy_metrics`: the per-site figures every stage reports (energy, its error, variance, rel_error).
+- :func:`energy_metrics`: the figures every stage reports (energy per site, its error, variance, rel_error and
+  the V-score ``N Var(E_loc) / E^2`` of Wu et al., Science 2024, which vanishes for an eigenstate).
 - :func:`dedup_check`: dense and dedup local energies of a float64 copy of the model must agree (the
   project's core invariant, checked on the model a stage hands on).
 - :func:`fidelity`: ``F = |<psi_t|psi_s>|^2 = (mean_{s ~ |psi_t|^2} psi_s(s) / psi_t(s))^2`` and the
@@ -33,14 +34,21 @@ def relative_error(value: float, reference: float | None) -> float | None:
     return abs(value - reference) / abs(reference)
 
 
+def v_score(stats: EnergyStats, n_sites: int) -> float | None:
+    """``N Var(E_loc) / E^2`` (whole-system E and variance; Wu et al., Science 2024): zero for an eigenstate,
+    independent of any reference, so it still ranks states once their error reaches the reference's own."""
+    return n_sites * stats.variance / stats.mean**2 if stats.mean != 0 else None
+
+
 def energy_metrics(stats: EnergyStats, n_sites: int, reference: float | None) -> dict:
-    """``energy_per_site``, ``energy_error``, ``variance`` (whole system) and ``rel_error`` of ``stats``."""
+    """``energy_per_site``, ``energy_error``, ``variance`` (whole system), ``rel_error`` and ``v_score``."""
     energy = stats.mean / n_sites
     return {
         "energy_per_site": energy,
         "energy_error": stats.error / n_sites,
         "variance": stats.variance,
         "rel_error": relative_error(energy, reference),
+        "v_score": v_score(stats, n_sites),
     }
 
 
