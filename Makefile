@@ -1,12 +1,12 @@
 # The two commands of the README's quick start:
 #   make run    set up .venv, then run the whole default (CPU-sized) pipeline with Snakemake
-#   make test   set up .venv, then run the test suite
+#   make test   set up .venv (and Chromium for the HTML report's test), then run the test suite
 VENV ?= .venv
 CORES ?= 2
 PYTEST_ARGS ?=
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup run test lint
+.PHONY: setup run test lint browser
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml requirements.lock scripts/setup.sh
@@ -16,8 +16,11 @@ $(VENV)/.installed: pyproject.toml requirements.lock scripts/setup.sh
 run: setup
 	snakemake --cores $(CORES)
 
-test: setup
+test: setup browser
 	python -m pytest $(PYTEST_ARGS)
+
+browser:
+	bash scripts/install_browser.sh
 
 lint: setup
 	ruff check src tests benchmarks

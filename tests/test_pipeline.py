@@ -1,7 +1,8 @@
 """The pipeline as its users run it, on the tiny `ci` profile in a temporary copy of the repository.
 
-- `dvc repro` runs the whole DAG, is a no-op right after, and after one distillation parameter changes
-  reruns only the distill, profile and report stages;
+- `dvc repro` runs the whole DAG and is a no-op right after; `dvc metrics show` and `dvc plots show` read its
+  results; `dvc exp run -S distill.steps=...` reruns only the distill, profile and report stages, and
+  `dvc metrics diff` and `dvc exp show` give the changed figures;
 - interrupting `snakemake` during training (SIGINT, then SIGKILL) and rerunning resumes from the last
   checkpoint and finishes every output.
 """
@@ -117,30 +118,40 @@ def test_dvc_repro_reruns_only_what_changed(workdir):
 
     assert stages_run(run(workdir, "dvc", "repro")) == set(), "dvc repro right after a full run must be a no-op"
 
-    params["distill"]["lr"] = params["distill"].get("lr", 3e-3) * 0.5
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    rerun = stages_run(run(workdir, "dvc", "repro"))
+    # Every stage's metrics.json and the report's summary.json are DVC metrics; histories, profiles, figures plots.
+    shown = json.loads(run(workdir, "dvc", "metrics", "show", "--json"))[""]["data"]
+    summary = json.loads((workdir / "results" / "summary.json").read_text())
+    assert shown["results/summary.json"]["data"] == summary
+    vq_run = params["train_vq_runs"][0]["run"]
+    assert set(summary[vq_run]["baseline"]) == {"rel_error", "exact_rel_error", "v_score", "seconds_per_step"}
+    assert summary[vq_run][f"bits{params['bits'][0]}"]["total_savings"] > 1
+    assert all(f"data/train/{key}/metrics.json" in shown for key in params["systems"])
+    plots = json.loads(run(workdir, "dvc", "plots", "show", "--json"))["data"]
+    assert plots["results/figures/vmc_convergence.png"][0]["type"] == "image"
+    assert plots[f"data/train/{vq_run}/history.csv"][0]["type"] == "vega"
+
+    git(workdir, "commit", "-qam", "baseline run")  # its dvc.lock: what experiments are compared with
+    steps = params["distill"]["steps"] + 5
+    rerun = stages_run(run(workdir, "dvc", "exp", "run", "-S", f"distill.steps={steps}"))
     assert rerun, "a distillation parameter changed but nothing reran"
     assert {name.split("@")[0] for name in rerun} == {"distill", "profile", "report"}
     assert len(rerun) == 2 * n_runs * n_bits + 1
+    student = f"data/distill/{vq_run}/bits{params['bits'][0]}/metrics.json"
+    diff = json.loads(run(workdir, "dvc", "metrics", "diff", "--json"))
+    assert diff[student]["steps"] == {"old": steps - 5, "new": steps, "diff": 5}
+    experiments = json.loads(run(workdir, "dvc", "exp", "show", "--json"))
+    (experiment,) = [exp for commit in experiments for exp in commit.get("experiments") or []]
+    data = experiment["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["distill"]["steps"] == steps
+    assert data["metrics"]["results/summary.json"]["data"] == json.loads(
+        (workdir / "results" / "summary.json").read_text()
+    )
 
-    params["train_vq"]["lr"] = 0.01  # only the VQ trainings, their profiles and the report depend on train_vq
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    rerun = stages_run(run(workdir, "dvc", "repro"))
+    # A key the params file leaves to its default: ++ adds it. Only the VQ trainings, their profiles and the
+    # report depend on train_vq.
+    rerun = stages_run(run(workdir, "dvc", "exp", "run", "-S", "++train_vq.lr=0.01"))
     assert {name.split("@")[0] for name in rerun} == {"train_vq", "profile_vq", "report"}
     assert len(rerun) == 2 * n_vq + 1
-
-
-def test_snakemake_runs_the_train_vq_branch(workdir):
-    """reference -> train_vq(bits) -> profile_vq, as Snakemake runs it: a VQ-NQS trained by VMC, profiled."""
-    job = yaml.safe_load((workdir / "params.yaml").read_text())["train_vq_runs"][0]
-    run_key, bits = job["run"], job["bits"]
-    run(workdir, "snakemake", "--cores", "2", f"data/profile_vq/{run_key}/bits{bits}.csv")
-    metrics = json.loads((workdir / "data" / "train_vq" / run_key / f"bits{bits}" / "metrics.json").read_text())
-    assert (metrics["model"], metrics["bits"]) == ("vq", bits)
-    assert all(metrics[f"mean_{part}_s"] > 0 for part in ("sampling", "local_energy", "gradient", "sr", "upkeep"))
-    table = pd.read_csv(workdir / "data" / "profile_vq" / run_key / f"bits{bits}.csv")
-    assert list(table["model"]) == ["baseline", "vq-nqs"] and table.loc[1, "bits"] == bits
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:

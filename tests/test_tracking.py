@@ -15,8 +15,9 @@ WRITERS = 4
 STEPS = 60
 
 
-def write_run(uri: str, index: int) -> None:
-    """One stage's worth of tracking: a run with params, per-step metrics flushed in batches, tags."""
+def write_run(uri: str, index: int, model_file: Path | None = None) -> None:
+    """One stage's worth of tracking: a run with params, per-step metrics flushed in batches, tags; with
+    ``model_file``, that file as the run's logged model, a final metric linked to it."""
     import os
 
     os.environ["MLFLOW_TRACKING_URI"] = uri
@@ -27,6 +28,9 @@ def write_run(uri: str, index: int) -> None:
             run.log_metrics({"energy_per_site": -1.0 - index - step * 1e-3}, step=step)
             if step % 20 == 0:
                 run.flush()
+        if model_file is not None:
+            model_id = run.log_model([model_file], STEPS)
+            run.log_metrics({"final_rel_error": 1e-3}, STEPS, model_id=model_id)
 
 
 @pytest.fixture
@@ -66,8 +70,9 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_mlflow_server_finds_the_runs(store, tmp_path):
-    write_run(store, 0)
+def test_mlflow_server_finds_the_runs_and_their_models(store, tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    write_run(store, 0, tmp_path / "model.pt")
     port = free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
     server = subprocess.Popen(
@@ -109,6 +114,15 @@ def test_mlflow_server_finds_the_runs(store, tmp_path):
         assert len(runs) == 1
         tags = {tag["key"]: tag["value"] for tag in runs[0]["data"]["tags"]}
         assert tags["stage"] == "train" and tags["system"] == "tfim"
+        request = urllib.request.Request(
+            f"{url}/logged-models/search",
+            data=json.dumps({"experiment_ids": [experiment["experiment_id"]]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request) as reply:
+            (model,) = json.load(reply)["models"]
+        assert model["info"]["name"] == "train-tfim_8" and model["info"]["source_run_id"] == runs[0]["info"]["run_id"]
+        assert {m["key"]: m["value"] for m in model["data"]["metrics"]} == {"final_rel_error": 1e-3}
     finally:
         server.terminate()
         server.wait(timeout=30)

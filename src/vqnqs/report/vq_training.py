@@ -33,6 +33,7 @@ COLUMNS = (
     "model",
     "rel_error",
     "exact_rel_error",
+    "v_score",
     "steps",
     "wall_time_s",
     "seconds_per_step",
@@ -56,7 +57,8 @@ def _profile_row(path: Path, model: str) -> dict:
 
 
 def _model_row(metrics: dict, wall_time_s: float) -> dict:
-    row = {key: metrics.get(key, math.nan) for key in ("rel_error", "exact_rel_error", "steps", "seconds_per_step")}
+    keys = ("rel_error", "exact_rel_error", "v_score", "steps", "seconds_per_step")
+    row = {key: metrics.get(key, math.nan) for key in keys}
     return {**row, **{key: metrics.get(key, math.nan) for key in PART_COLUMNS}, "wall_time_s": wall_time_s}
 
 
@@ -128,7 +130,8 @@ def vq_training_section(inputs: ReportInputs, out_dir: Path, figures: Path) -> t
     lines = [
         "## VQ-NQS trained by VMC, beside the baseline and the distilled student",
         "",
-        "Per (run, bits): `rel_error` sampled, `exact_rel_error` by enumeration (small lattices); `wall_time_s` "
+        "Per (run, bits): `rel_error` sampled, `exact_rel_error` by enumeration (small lattices), `v_score` = "
+        "N Var(E_loc) / E^2 on the sampled evaluation; `wall_time_s` "
         "the training time to reach it (distilled: the teacher's training plus the distillation); "
         "`mean_*_s` the seconds of one VMC iteration by part (sampling, local energy, log-derivatives or "
         "backward, SR solve and update, codebook upkeep); FLOPs and dedup wall-clock of the local energy per "
