@@ -27,7 +27,8 @@ TABLE1_COLUMNS: dict[str, str] = {
     "model": "baseline: the transformer trained by VMC; vq-nqs: its distilled VQ student",
     "bits": "the student's bandwidth in bits per location (0: no quantisers)",
     "energy_per_site": "E/N on the stage's `eval_samples` fresh exact samples",
-    "rel_error": "relative error abs(E/N - ref) / abs(ref), against the reference of the References table",
+    "rel_error": "relative error abs(E/N - ref) / abs(ref), against the run's reference "
+    "(`data/reference/<run>.json`, the References table of report.md)",
     "exact_rel_error": "the same with E by exact enumeration of the state (small lattices; blank otherwise)",
     "v_score": "N Var(E_loc) / E^2 on the same samples (Wu et al., Science 2024): 0 for an eigenstate, no "
     "reference needed",
