@@ -223,8 +223,8 @@ class Stage:
             self.load_state_dict(state)
             torch.set_rng_state(state["rng"]["torch"].cpu())
             for name, generator in self.generators.items():
-                stream = state["rng"][name].cpu()
-                generator.set_state(stream[self.world.rank] if self.world.size > 1 else stream)
+                stream = state["rng"][name].cpu()  # a row is copied: set_state of a view at an offset crashes torch
+                generator.set_state(stream[self.world.rank].clone() if self.world.size > 1 else stream)
             if self.device.type == "cuda":
                 torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
