@@ -383,6 +383,11 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    world_size = launched_world()[1]
+    if world_size > 1 and args.stage != "train":  # P copies would write the same outputs
+        what = f"runs in one process (world size {world_size}); only train runs under torchrun"
+        print(f"vqnqs {args.stage}: error: {what}", file=sys.stderr)
+        return 2
     previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends a stage as SIGINT does (MLflow: KILLED)
     try:
         args.handler(args)

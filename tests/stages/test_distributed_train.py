@@ -79,6 +79,12 @@ def test_a_killed_rank_stops_the_job_and_a_rerun_resumes(tmp_path):
     assert resumed_at == stopped_at
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == RUN["steps"] and metrics["world_size"] == 2 and metrics["samples_per_rank"] == 32
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])  # rank 0's, resumed
+    assert run.info.status == "FINISHED" and run.data.params["world_size"] == "2"
+    assert run.data.params["samples_per_rank"] == "32"
 
     # The uninterrupted trajectory: one process drawing the same samples from both rank streams.
     torch.set_num_threads(1)
@@ -101,6 +107,22 @@ def test_samples_that_do_not_split_over_the_ranks_are_refused(tmp_path, monkeypa
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "n_samples 64" in err and "world size 3" in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("stage", ["reference", "distill", "profile"])
+def test_other_stages_refuse_to_run_as_several_processes(tmp_path, monkeypatch, capsys, stage):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "ref.json"
+    args = {
+        "reference": ["--system", "tfim", "--size", "8", "--out", str(out)],
+        "distill": ["--run", "tfim_16", "--teacher", str(tmp_path), "--bits", "6", "--out-dir", str(out)],
+        "profile": ["--run", "tfim_16", "--model-dir", str(tmp_path), "--baseline", str(tmp_path), "--out", str(out)],
+    }
+    capsys.readouterr()
+    assert main([stage, *args[stage]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "world size 2" in err and "only train" in err
+    assert not out.exists()
 
 
 def test_a_checkpoint_of_another_world_size_is_not_resumed(tmp_path, chain):

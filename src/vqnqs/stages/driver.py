@@ -226,7 +226,11 @@ class Stage:
                 stream = state["rng"][name].cpu()  # a row is copied: set_state of a view at an offset crashes torch
                 generator.set_state(stream[self.world.rank].clone() if self.world.size > 1 else stream)
             if self.device.type == "cuda":
-                torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+                cuda = [s.cpu() for s in state["rng"]["cuda"]]
+                if self.world.size > 1:  # every rank's GPU continues rank 0's (GPU 0, LOCAL_RANK 0): the same draws
+                    torch.cuda.set_rng_state(cuda[0])
+                else:
+                    torch.cuda.set_rng_state_all(cuda)
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             reason = str(err).strip().splitlines()[0]
             raise CheckpointError(f"checkpoint {path}: does not fit this run's model or optimiser ({reason})") from err
