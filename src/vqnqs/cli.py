@@ -35,7 +35,7 @@ from vqnqs.stages.settings import (
     stage_setup,
 )
 from vqnqs.tracking import Terminated, TrackingError
-from vqnqs.vmc.distributed import check_split, close_world, init_world, launched_world
+from vqnqs.vmc.distributed import check_split, joined_world, launched_world
 from vqnqs.vmc.local_energy import check_chunk_fits
 from vqnqs.vmc.step import TrainingError
 
@@ -218,8 +218,7 @@ def run_train(args: argparse.Namespace) -> None:
     if args.init_from is not None:
         start_from = load_teacher(args.init_from, hamiltonian, "--init-from", start=True)
     check_writable_dir(args.out_dir)
-    world = init_world(resolve_device(config.device).type)
-    try:
+    with joined_world(resolve_device(config.device).type) as world:
         trainer = Trainer(hamiltonian, config, args.out_dir, reference, start_from, world)
         start(trainer, args)
         used = {"train": config.to_dict(), "reference": str(args.reference)}
@@ -232,8 +231,6 @@ def run_train(args: argparse.Namespace) -> None:
             tracking = open_run("train", settings, params, args.run, used, trainer, model=config.model, **tags)
         with tracking as tracker:
             metrics = trainer.run(tracker, resume=False)
-    finally:
-        close_world(world)
     what = f"{settings['system']} {settings['size']}" + (f" VQ {config.bits} bits" if config.model == "vq" else "")
     if world.is_main:
         print(energy_line(what, metrics, args.out_dir))

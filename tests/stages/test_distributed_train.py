@@ -13,6 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from vqnqs.cli import main
 from vqnqs.physics.hamiltonian import build_hamiltonian
@@ -21,6 +23,7 @@ from vqnqs.vmc.checkpoint import CheckpointError, load_checkpoint, load_model
 from vqnqs.vmc.distributed import World, rank_generators
 
 from ..vmc.conftest import TINY, tiny_config
+from ..vmc.test_distributed import free_port
 
 # Adam in float64 on the 8-spin chain, a checkpoint after every step: long enough to kill a rank in.
 RUN = {**TINY, "steps": 60, "n_samples": 64, "chunk_size": 64, "checkpoint_every": 1, "optimizer": "adam"}
@@ -131,3 +134,25 @@ def test_a_checkpoint_of_another_world_size_is_not_resumed(tmp_path, chain):
     two = Trainer(hamiltonian, tiny_config(steps=2), tmp_path, reference, world=World(0, 2))
     with pytest.raises(CheckpointError, match="written by 1 processes, this run has 2"):
         two.resume(on_change="refuse")
+
+
+def restart_main(rank: int, port: int, out_dir: str) -> None:
+    """Rank ``rank`` of 2: restart past a one-process checkpoint (as the pipelines ask), then train 2 steps."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        trainer = Trainer(build_hamiltonian("tfim", "8"), tiny_config(steps=2), out_dir, -1.0, world=World(rank, 2))
+        trainer.resume(on_change="restart")
+        assert trainer.step == 0
+        trainer.run(resume=False, progress=False)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_set_a_one_process_checkpoint_aside_once_and_start_afresh(tmp_path, chain):
+    hamiltonian, reference = chain
+    Trainer(hamiltonian, tiny_config(steps=2), tmp_path, reference).run(progress=False)
+    mp.spawn(restart_main, args=(free_port(), str(tmp_path)), nprocs=2)
+    assert (tmp_path / "checkpoint.1.pt").exists() and not (tmp_path / "checkpoint.2.pt").exists()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["world_size"] == 2
+    assert json.loads((tmp_path / "metrics.json").read_text())["world_size"] == 2

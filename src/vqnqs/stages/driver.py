@@ -310,7 +310,10 @@ class Stage:
         except StaleCheckpoint as stale:
             if on_change == "refuse":
                 raise CheckpointError(f"{stale}; --fresh starts afresh (the checkpoint is kept aside)") from stale
-            print(f"{self.name}: {stale}; starting afresh (the old one is kept as {self.set_aside()})", file=sys.stderr)
+            self.world.barrier()  # every rank has read the checkpoint before rank 0 moves it
+            aside = self.set_aside()
+            if self.world.is_main:
+                print(f"{self.name}: {stale}; starting afresh (the old one is kept as {aside})", file=sys.stderr)
             return
         if self.step > self.total_steps:
             raise CheckpointError(

@@ -21,10 +21,11 @@ The backend is chosen at run time: NCCL for CUDA devices, gloo on CPUs. :class:`
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -121,6 +122,11 @@ class World:
             self._timed(dist.all_reduce, tensor)
         return tensor
 
+    def barrier(self) -> None:
+        """Wait until every rank is here."""
+        if self.size > 1:
+            self._timed(dist.barrier)
+
     def pooled(self, stats: EnergyStats, n_samples: int) -> EnergyStats:
         """Statistics of all ranks' samples from each rank's ``stats`` of its ``n_samples`` (equal counts)::
 
@@ -153,7 +159,12 @@ def init_world(device_type: str) -> World:
     return World(rank, size, device)
 
 
-def close_world(world: World) -> None:
-    """Leave the process group (no-op for one process)."""
-    if world.size > 1 and dist.is_initialized():
-        dist.destroy_process_group()
+@contextlib.contextmanager
+def joined_world(device_type: str) -> Iterator[World]:
+    """:func:`init_world` for the block; the process group is left after it, however the block ends."""
+    world = init_world(device_type)
+    try:
+        yield world
+    finally:
+        if world.size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
