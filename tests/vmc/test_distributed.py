@@ -12,6 +12,7 @@ from vqnqs.models import AutoregressiveTransformer
 from vqnqs.physics.hamiltonian import build_hamiltonian
 from vqnqs.stages.train import Trainer
 from vqnqs.vmc.distributed import SINGLE, World, draw, rank_generators, rank_seed
+from vqnqs.vmc.optim import gram
 
 from .conftest import tiny_config
 
@@ -44,8 +45,14 @@ def rank_main(rank: int, port: int, out_dir: str) -> None:
     try:
         for case in CASES:
             torch.save(trained(case, out_dir, World(rank, 2)), f"{out_dir}/{case}_{rank}.pt")
+        torch.save(gram(rows(), block=4, world=World(rank, 2)), f"{out_dir}/gram_{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def rows() -> torch.Tensor:
+    """A fixed (11, 7) matrix: 3 row blocks of 4, so both ranks compute some of the Gram matrix."""
+    return torch.randn(11, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
 
 def free_port() -> int:
@@ -62,6 +69,8 @@ def test_two_ranks_make_the_updates_of_one_process_with_the_same_samples(tmp_pat
         for name, value in reference.items():
             assert torch.equal(ranks[0][name], ranks[1][name]), (case, name)  # the ranks never drift apart
             torch.testing.assert_close(ranks[0][name], value, rtol=0, atol=1e-10, msg=f"{case} {name}")
+    for rank in range(2):  # the minSR Gram matrix, its row blocks split over the ranks: the same numbers
+        assert torch.equal(torch.load(tmp_path / f"gram_{rank}.pt", weights_only=True), gram(rows(), block=4))
     n_params = sum(p.numel() for p in reference.values())
     assert n_params > settings("minsr")["n_samples"]  # so the SR case is minSR (the sample-space Gram matrix)
 

@@ -145,7 +145,7 @@ def vmc_step(
         o = world.gather_shares(log_derivatives(model, mine, chunk_size), len(distinct))  # (U, Np), parameter order
         watch.lap("gradient")
         previous = optimizer.previous_direction()
-        direction, gradient = sr_direction(o, e_loc, diag_shift, weights, previous, vmc.sr_momentum)
+        direction, gradient = sr_direction(o, e_loc, diag_shift, weights, previous, vmc.sr_momentum, world=world)
         set_gradients(params, direction)
     else:
         loss = energy_loss(model.log_psi(mine), world.share(e_loc), world.share(weights), stats.mean)  # eq. 3
