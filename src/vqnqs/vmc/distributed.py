@@ -8,12 +8,13 @@ A run of P processes (ranks, started by ``torchrun --nproc-per-node P``) makes o
     rank r evaluates its contiguous share of s_u (torch.tensor_split)            (~U/P, N)
     E_loc (and for SR the log-derivative rows O) gathered in rank order          (U,), (U, Np)
     Adam: each rank backpropagates its share of eq. 3 (with the global E); the gradients are summed
+    minSR: the Gram matrix Ō Ō^T by row blocks, every P-th on each rank, summed   (U, U)   (vqnqs.vmc.optim.gram)
 
 so every rank holds the same batch, energies, SR matrices and codebook-upkeep inputs, and the parameters
 stay the same on every rank. A one-process run that draws Ns / P samples from each of the P rank streams in
 rank order (:func:`draw`) sees the same batch and makes the same update up to the order of one sum (the
 gradient all-reduce). Samples travel as integers (``Ns x N``), the energies as ``U`` floats, SR's rows as
-``U x Np`` floats per step.
+``U x Np`` and its Gram matrix as ``U x U`` floats per step.
 
 The backend is chosen at run time: NCCL for CUDA devices, gloo on CPUs. :class:`World` with ``size == 1``
 (:data:`SINGLE`) calls no collective at all, so a one-process run is the plain run.
