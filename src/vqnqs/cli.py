@@ -9,6 +9,7 @@ written atomically).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import textwrap
@@ -23,7 +24,7 @@ from vqnqs.knobs import knob_defaults
 from vqnqs.physics.hamiltonian import SYSTEMS
 from vqnqs.physics.lattice import BOUNDARIES
 from vqnqs.physics.reference import DEFAULT_LITERATURE_KEY, DEFAULT_LITERATURE_PATH, METHODS, compute_reference
-from vqnqs.stages.config import DistillConfig, ProfileConfig, TrainConfig
+from vqnqs.stages.config import DistillConfig, ProfileConfig, TrainConfig, resolve_device
 from vqnqs.stages.settings import (
     UsageError,
     hamiltonian_from,
@@ -34,6 +35,7 @@ from vqnqs.stages.settings import (
     stage_setup,
 )
 from vqnqs.tracking import Terminated, TrackingError
+from vqnqs.vmc.distributed import check_split, joined_world, launched_world
 from vqnqs.vmc.local_energy import check_chunk_fits
 from vqnqs.vmc.step import TrainingError
 
@@ -206,23 +208,32 @@ def run_train(args: argparse.Namespace) -> None:
     if args.bits is not None:
         args.overrides = [("model", "vq"), ("bits", args.bits), *args.overrides]
     settings, params, hamiltonian, config = stage_setup(args, TrainConfig)
+    _, world_size, _ = launched_world()
     with refused_as("train settings"):
         config.transformer_config(hamiltonian)  # the patch must tile the lattice
+        for key in ("n_samples", "eval_samples"):  # each process draws its equal share
+            check_split(key, getattr(config, key), world_size)
     reference = load_reference(args.reference, hamiltonian)
     start_from = None
     if args.init_from is not None:
         start_from = load_teacher(args.init_from, hamiltonian, "--init-from", start=True)
     check_writable_dir(args.out_dir)
-    trainer = Trainer(hamiltonian, config, args.out_dir, reference, start_from)
-    start(trainer, args)
-    used = {"train": config.to_dict(), "reference": str(args.reference)}
-    if start_from is not None:
-        used.update(init_from=str(args.init_from), init_digest=start_from.digest)
-    tags = {"bits": config.bits} if config.model == "vq" else {}
-    with open_run("train", settings, params, args.run, used, trainer, model=config.model, **tags) as run:
-        metrics = trainer.run(run, resume=False)
+    with joined_world(resolve_device(config.device).type) as world:
+        trainer = Trainer(hamiltonian, config, args.out_dir, reference, start_from, world)
+        start(trainer, args)
+        used = {"train": config.to_dict(), "reference": str(args.reference)}
+        used.update(world_size=world.size, samples_per_rank=config.n_samples // world.size)
+        if start_from is not None:
+            used.update(init_from=str(args.init_from), init_digest=start_from.digest)
+        tags = {"bits": config.bits} if config.model == "vq" else {}
+        tracking = contextlib.nullcontext()  # rank 0 alone records the MLflow run
+        if world.is_main:
+            tracking = open_run("train", settings, params, args.run, used, trainer, model=config.model, **tags)
+        with tracking as tracker:
+            metrics = trainer.run(tracker, resume=False)
     what = f"{settings['system']} {settings['size']}" + (f" VQ {config.bits} bits" if config.model == "vq" else "")
-    print(energy_line(what, metrics, args.out_dir))
+    if world.is_main:
+        print(energy_line(what, metrics, args.out_dir))
 
 
 def add_distill(subparsers: argparse._SubParsersAction) -> None:
@@ -372,6 +383,11 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    world_size = launched_world()[1]
+    if world_size > 1 and args.stage != "train":  # P copies would write the same outputs
+        what = f"runs in one process (world size {world_size}); only train runs under torchrun"
+        print(f"vqnqs {args.stage}: error: {what}", file=sys.stderr)
+        return 2
     previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends a stage as SIGINT does (MLflow: KILLED)
     try:
         args.handler(args)

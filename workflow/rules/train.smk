@@ -16,13 +16,13 @@ rule train:
     params:
         settings=lambda wildcards: P["systems"][wildcards.run],
         train=P["train"],
-    threads: 1
+    threads: TRAIN_NPROC
     resources:
-        gpu=GPU,
+        gpu=GPU * TRAIN_NPROC,
     log:
         "logs/train/{run}.log",
     benchmark:
         "logs/train/{run}.benchmark.tsv",  # wall time, CPU time and peak memory of the job
     shell:
-        "vqnqs train --params {PARAMS} --run {wildcards.run} --reference {input.reference}"
+        "{TRAIN} --params {PARAMS} --run {wildcards.run} --reference {input.reference}"
         " --out-dir data/train/{wildcards.run} --on-change restart > {log} 2>&1"

@@ -17,15 +17,15 @@ rule train_vq:
         settings=lambda wildcards: P["systems"][wildcards.run],
         train=P["train"],
         train_vq=P.get("train_vq", {}),
-    threads: 1
+    threads: TRAIN_NPROC
     resources:
-        gpu=GPU,
+        gpu=GPU * TRAIN_NPROC,
     log:
         "logs/train_vq/{run}_bits{bits}.log",
     benchmark:
         "logs/train_vq/{run}_bits{bits}.benchmark.tsv",  # wall time, CPU time and peak memory of the job
     shell:
-        "vqnqs train --params {PARAMS} --run {wildcards.run} --bits {wildcards.bits} --reference {input.reference}"
+        "{TRAIN} --params {PARAMS} --run {wildcards.run} --bits {wildcards.bits} --reference {input.reference}"
         " --out-dir data/train_vq/{wildcards.run}/bits{wildcards.bits} --on-change restart > {log} 2>&1"
 
 

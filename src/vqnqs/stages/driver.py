@@ -20,6 +20,10 @@ The driver owns the rest (``run``), the same for every stage::
 With the same seed on CPU an interrupted and resumed run ends bit-identical to an uninterrupted one: the
 checkpoint holds the stage's state, every random generator (the global one, the stage's own streams,
 CUDA's) and the step, and the schedules are functions of the step alone.
+
+Over several processes (``world``, :mod:`vqnqs.vmc.distributed`) every rank runs the same loop; rank 0 alone
+writes the checkpoint (with every rank's own streams), history, outputs and MLflow, and every rank resumes
+from that one checkpoint (on a file system they share), which must have been written by as many processes.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from vqnqs.stages.config import RESUME_MAY_CHANGE, Config, resolve_device
 from vqnqs.stages.inputs import system_info
 from vqnqs.tracking import Run
 from vqnqs.vmc.checkpoint import CheckpointError, StaleCheckpoint, load_checkpoint, save_checkpoint, save_model
+from vqnqs.vmc.distributed import SINGLE, World
 
 CHECKPOINT_FILE = "checkpoint.pt"
 HISTORY_FILE = "history.csv"
@@ -68,8 +73,11 @@ class Stage:
     history_columns: tuple[str, ...] = ()
     final_keys: tuple[str, ...] = ()  # metrics logged to MLflow as final_<key>
 
-    def __init__(self, hamiltonian: Hamiltonian, config: Config, out_dir: str | Path, reference: float) -> None:
+    def __init__(
+        self, hamiltonian: Hamiltonian, config: Config, out_dir: str | Path, reference: float, world: World = SINGLE
+    ) -> None:
         self.hamiltonian = hamiltonian
+        self.world = world  # the processes of this run; rank 0 writes
         self.config = config
         self.out_dir = ensure_writable_dir(out_dir)
         self.reference = reference
@@ -151,14 +159,20 @@ class Stage:
         return self.out_dir / CHECKPOINT_FILE
 
     def save(self) -> None:
-        """checkpoint.pt (atomic), then history.csv rewritten from it."""
-        rng = {"torch": torch.get_rng_state(), **{name: g.get_state() for name, g in self.generators.items()}}
+        """checkpoint.pt (atomic), then history.csv rewritten from it (by rank 0; every rank takes part)."""
+        streams = {name: g.get_state() for name, g in self.generators.items()}
+        if self.world.size > 1:  # each stream as (ranks, state bytes): every rank restores its own row
+            streams = {name: self.world.gather(state[None].to(self.device)).cpu() for name, state in streams.items()}
+        if not self.world.is_main:
+            return
+        rng = {"torch": torch.get_rng_state(), **streams}
         rng["cuda"] = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []
         payload = {
             "stage": self.name,
             "step": self.step,
             "wall_time_s": float(self.wall_time_s),
             "device": self.device.type,
+            "world_size": self.world.size,
             "system": system_info(self.hamiltonian),
             "train_config": self.config.to_dict(),
             # The per-step curve travels with the checkpoint: history.csv is rewritten from it, so a
@@ -205,13 +219,22 @@ class Stage:
         for key, (value, what) in self.stale_identity().items():
             if state.get(key) != value:
                 raise StaleCheckpoint(f"checkpoint {path}: written for {what}, this run has {value} (or use --fresh)")
+        if state.get("world_size", 1) != self.world.size:  # each process draws its share from its own stream
+            raise StaleCheckpoint(
+                f"checkpoint {path}: written by {state.get('world_size', 1)} processes, this run has {self.world.size}"
+            )
         try:
             self.load_state_dict(state)
             torch.set_rng_state(state["rng"]["torch"].cpu())
             for name, generator in self.generators.items():
-                generator.set_state(state["rng"][name].cpu())
+                stream = state["rng"][name].cpu()  # a row is copied: set_state of a view at an offset crashes torch
+                generator.set_state(stream[self.world.rank].clone() if self.world.size > 1 else stream)
             if self.device.type == "cuda":
-                torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+                cuda = [s.cpu() for s in state["rng"]["cuda"]]
+                if self.world.size > 1:  # every rank's GPU continues rank 0's (GPU 0, LOCAL_RANK 0): the same draws
+                    torch.cuda.set_rng_state(cuda[0])
+                else:
+                    torch.cuda.set_rng_state_all(cuda)
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             reason = str(err).strip().splitlines()[0]
             raise CheckpointError(f"checkpoint {path}: does not fit this run's model or optimiser ({reason})") from err
@@ -240,6 +263,7 @@ class Stage:
         first_step, start = self.step, time.perf_counter()
         tick = start
         disable = None if progress is None else not progress  # None: tqdm shows the bar on a terminal only
+        disable = disable if self.world.is_main else True
         with tqdm(
             total=self.total_steps, initial=self.step, desc=self.label, disable=disable, dynamic_ncols=True
         ) as bar:
@@ -259,8 +283,8 @@ class Stage:
         return self.step - first_step, time.perf_counter() - start
 
     def set_aside(self) -> Path | None:
-        """Move the out dir's checkpoint to ``checkpoint.<n>.pt`` (the first free n; never overwritten)."""
-        if not self.checkpoint_path.exists():
+        """Move the out dir's checkpoint to ``checkpoint.<n>.pt`` (the first free n; never overwritten; rank 0)."""
+        if not self.world.is_main or not self.checkpoint_path.exists():
             return None
         if self.orphan_id is None:
             try:
@@ -290,7 +314,10 @@ class Stage:
         except StaleCheckpoint as stale:
             if on_change == "refuse":
                 raise CheckpointError(f"{stale}; --fresh starts afresh (the checkpoint is kept aside)") from stale
-            print(f"{self.name}: {stale}; starting afresh (the old one is kept as {self.set_aside()})", file=sys.stderr)
+            self.world.barrier()  # every rank has read the checkpoint before rank 0 moves it
+            aside = self.set_aside()
+            if self.world.is_main:
+                print(f"{self.name}: {stale}; starting afresh (the old one is kept as {aside})", file=sys.stderr)
             return
         if self.step > self.total_steps:
             raise CheckpointError(
@@ -303,14 +330,15 @@ class Stage:
     def run(self, tracker: Run | None = None, resume: bool = True, progress: bool | None = None) -> dict:
         """Resume (unless ``resume`` is false), run to ``total_steps``, evaluate, write the outputs.
 
-        ``progress``: show the tqdm bar (None: only on a terminal). Returns the metrics of metrics.json.
+        ``progress``: show the tqdm bar (None: only on a terminal). Returns the metrics of metrics.json (every
+        rank; rank 0 writes them). ``tracker``: rank 0's MLflow run (None on the other ranks).
         """
         if resume:
             self.resume()
         if tracker is not None:
             self.run_id = tracker.run_id
             self.log_missing_rows(tracker)
-        if self.step < self.total_steps:
+        if self.step < self.total_steps and self.world.is_main:
             for line in self.cost_estimates():
                 print(line, file=sys.stderr)
         steps_run, seconds = self.loop(tracker, progress)
@@ -335,6 +363,8 @@ class Stage:
                 **system_info(self.hamiltonian),
             }
         )
+        if not self.world.is_main:
+            return metrics
         save_model(self.out_dir / MODEL_FILE, model, info)
         if tracker is not None:  # model.pt as an MLflow logged model; metrics.json names it
             metrics["mlflow_model_id"] = tracker.log_model([self.out_dir / MODEL_FILE], self.step)

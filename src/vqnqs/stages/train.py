@@ -8,6 +8,9 @@ Out dir (all written atomically; :mod:`vqnqs.stages.driver`)::
     history.csv     per-step metrics up to the last checkpoint (:data:`HISTORY_COLUMNS`)
     model.pt        the trained model for later stages (:func:`vqnqs.vmc.checkpoint.load_model`)
     metrics.json    final evaluation on ``eval_samples`` fresh samples (:data:`METRICS_KEYS` and more)
+
+Under ``torchrun`` every process runs this stage on ``n_samples / world_size`` samples of each batch drawn
+from its own stream (:mod:`vqnqs.vmc.distributed`); rank 0 writes the files.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from vqnqs.stages.driver import METRICS_KEYS, Stage, mean_of
 from vqnqs.stages.inputs import Teacher, system_info
 from vqnqs.vmc.checkpoint import model_config_to_dict
 from vqnqs.vmc.cost import estimate_line, measure_rate, vmc_step_flops
+from vqnqs.vmc.distributed import SINGLE, World, rank_generators
 from vqnqs.vmc.enumeration import exact_metrics
 from vqnqs.vmc.evaluation import energy_metrics, sampled_energy
 from vqnqs.vmc.optim import make_optimizer
@@ -43,6 +47,7 @@ HISTORY_COLUMNS = (
     "samples_per_s",  # n_samples / wall time of the whole step
     "eloc_configs_per_s",  # connected configurations through the network per second of local energy
     "time_s",  # wall time since the start of training (summed over resumed invocations)
+    "communication_s",  # of this step, rank 0's wall time inside collectives (0 on one process)
     "code_usage",  # model 'vq': fraction of codes (all quantisers) used by this step's samples
     *(f"{part}_s" for part in STEP_PARTS),  # wall time of each part of this step (vqnqs.vmc.step.STEP_PARTS)
 )
@@ -62,10 +67,12 @@ class Trainer(Stage):
         out_dir: str | Path,
         reference: float,
         init_from: Teacher | None = None,
+        world: World = SINGLE,
     ) -> None:
         """``init_from``: a trained model to start from (every weight whose name and shape match is copied,
-        :func:`vqnqs.models.from_teacher`; the rest keeps its fresh initialisation)."""
-        super().__init__(hamiltonian, config, out_dir, reference)
+        :func:`vqnqs.models.from_teacher`; the rest keeps its fresh initialisation). ``world``: the processes
+        sharing each batch (every rank builds the same model from the same seed)."""
+        super().__init__(hamiltonian, config, out_dir, reference, world)
         self.init_from = init_from
         self.model_config = config.transformer_config(hamiltonian)
         torch.manual_seed(config.seed)  # parameter initialisation (codebooks: data-initialised by the first upkeep)
@@ -77,7 +84,7 @@ class Trainer(Stage):
         if init_from is not None:
             from_teacher(self.model, init_from.model.to(self.device, DTYPES[config.dtype]))
         self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr)
-        self.generator = torch.Generator(self.device).manual_seed(config.seed)  # the sampler's stream
+        self.generator = rank_generators(config.seed, [world.rank], self.device)[0]  # this rank's sampler stream
         self.generators = {"sampler": self.generator}
 
     def stale_identity(self) -> dict[str, tuple[object, str]]:
@@ -100,7 +107,7 @@ class Trainer(Stage):
         config, step = self.config, self.step + 1
         start = time.perf_counter()
         vmc = (self.model, self.hamiltonian, self.optimizer, self.generator, self.laid_out(config), step)
-        result = vmc_step(*vmc, chunk_size=config.chunk_size, engine=config.engine)
+        result = vmc_step(*vmc, chunk_size=config.chunk_size, engine=config.engine, world=self.world)
         self.step = step
         elapsed = time.perf_counter() - start
         return {
@@ -113,22 +120,24 @@ class Trainer(Stage):
             "samples_per_s": config.n_samples / elapsed,
             "eloc_configs_per_s": result.eloc_configs_per_s,
             "time_s": self.wall_time_s + elapsed,
+            "communication_s": result.communication_s,
             "code_usage": self.model.code_usage() if isinstance(self.model, VQTransformer) else None,
             **{f"{part}_s": seconds for part, seconds in result.seconds.items()},
         }
 
     def evaluate(self) -> dict:
-        """Energy on ``eval_samples`` fresh samples (continuing the sampler's stream); exact where small."""
-        config = self.config
-        energy = sampled_energy(
-            self.hamiltonian, self.model, self.generator, config.eval_samples, config.chunk_size, config.engine
-        )
+        """Energy on ``eval_samples`` fresh samples (continuing the sampler streams, ``eval_samples / world_size``
+        from each rank's); exact where small."""
+        config, world = self.config, self.world
+        own = config.eval_samples // world.size
+        energy = sampled_energy(self.hamiltonian, self.model, self.generator, own, config.chunk_size, config.engine)
+        stats = world.pooled(energy.stats, own)
         return {
-            **energy_metrics(energy.stats, self.hamiltonian.n_sites, self.reference),
+            **energy_metrics(stats, self.hamiltonian.n_sites, self.reference),
             "reference_per_site": self.reference,
-            "energy": energy.stats.mean,
+            "energy": stats.mean,
             "eval_samples": config.eval_samples,
-            "eval_eloc_configs_per_s": energy.eloc_configs_per_s,
+            "eval_eloc_configs_per_s": energy.eloc_configs_per_s,  # of rank 0
             **exact_metrics(self.hamiltonian, self.model, self.reference),  # small lattices: no sampling error
         }
 
@@ -144,6 +153,9 @@ class Trainer(Stage):
             **{f"mean_{part}_s": mean_of(self.history, f"{part}_s") for part in STEP_PARTS},
             "optimizer": config.optimizer,
             "model": config.model,
+            "world_size": self.world.size,
+            "samples_per_rank": config.n_samples // self.world.size,
+            "mean_communication_s": mean_of(self.history, "communication_s"),
             **quantiser,
         }
 
@@ -152,7 +164,7 @@ class Trainer(Stage):
         return self.model, info
 
     def cost_estimates(self) -> list[str]:
-        flops = vmc_step_flops(self.model, self.hamiltonian, self.config.n_samples)
+        flops = vmc_step_flops(self.model, self.hamiltonian, self.config.n_samples // self.world.size)
         return [estimate_line(self.name, flops, measure_rate(self.model), self.total_steps - self.step)]
 
     def postfix(self, row: dict) -> str:

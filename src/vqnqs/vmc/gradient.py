@@ -53,16 +53,19 @@ def energy_statistics(e_loc: Tensor, weights: Tensor | None = None, n_samples: i
     return EnergyStats(mean=mean.real.item(), variance=variance, error=error)
 
 
-def energy_loss(log_psi: Tensor, e_loc: Tensor, weights: Tensor | None = None) -> Tensor:
+def energy_loss(log_psi: Tensor, e_loc: Tensor, weights: Tensor | None = None, energy: float | None = None) -> Tensor:
     """Surrogate loss whose gradient is eq. 3: ``L = 2 Re mean[SG(E_loc - E)^* log psi(s)]``.
 
     ``log_psi (Ns,)`` carries the graph; ``e_loc (Ns,)`` is detached here (SG = stop-gradient), as are
     the samples, so ``dL/dθ = 2 Re mean[(E_loc - E)^* d log psi / dθ]``. Subtracting ``E`` does not change
     the expectation (``mean O`` has zero expectation for a normalised ``|psi|^2``) but removes most of the
     sampling noise. The value of ``L`` itself is 0 on average and carries no meaning.
+
+    ``energy``: ``E`` of the whole batch when these rows are one rank's share of it (``weights`` then the
+    share's frequencies in the whole batch, so the ranks' losses add up to the batch's); default: of these rows.
     """
     e_loc = e_loc.detach()
-    centred = e_loc - _mean(e_loc, weights)
+    centred = e_loc - (_mean(e_loc, weights) if energy is None else energy)
     return 2.0 * _mean((centred.conj() * log_psi).real, weights)
 
 
@@ -97,4 +100,7 @@ def log_derivatives(model: nn.Module, s: Tensor, chunk_size: int | None = None) 
     for start in range(0, s.shape[0], chunk_size):
         grads = per_sample(params, s[start : start + chunk_size])  # name -> (C, *p.shape)
         rows.append(torch.cat([g.reshape(g.shape[0], -1) for g in grads.values()], dim=1))  # (C, Np)
+    if not rows:  # no samples (a rank's share of a batch with fewer distinct rows than ranks): (0, Np)
+        first = next(iter(params.values()))
+        return first.new_zeros(0, sum(p.numel() for p in params.values()))
     return torch.cat(rows)

@@ -84,4 +84,4 @@ def local_energy(
             ratio = torch.exp(log_psi_conn - log_psi_conn[:, :1])  # psi(s') / psi(s); 0 where invalid
             ratio = torch.where(conn.valid, ratio, torch.zeros((), dtype=ratio.dtype, device=ratio.device))
             out.append((conn.elements.to(ratio.dtype) * ratio).sum(dim=1))
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.zeros(0, dtype=dtype, device=s.device)  # no samples: (0,)

@@ -18,6 +18,10 @@ Fit step (distillation)::
     VQ:    codebook upkeep on s (data init on the first step, dead-code re-seeding, usage)
     loss   = mean_s |log psi_student(s) - log psi_teacher(s)|^2,   θ <- Adam(θ, d loss / dθ, η)
 
+Over P processes (:mod:`vqnqs.vmc.distributed`) each rank draws Ns / P of the samples from its own
+stream and evaluates its share of the distinct rows; every rank then holds the same batch, ``E_loc``, ``O``
+and upkeep inputs, and the Adam gradients are summed over the ranks.
+
 Both raise :class:`TrainingError` naming the step on NaN/Inf, before the parameters change; the VMC step also
 when every sample is the same configuration (a collapsed state: SR would divide by a zero variance).
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +38,7 @@ import torch
 from vqnqs.models import AutoregressiveTransformer, codebook_upkeep
 from vqnqs.physics.hamiltonian import Hamiltonian
 from vqnqs.vmc.config import VMCConfig
+from vqnqs.vmc.distributed import SINGLE, World, draw
 from vqnqs.vmc.gradient import EnergyStats, energy_loss, energy_statistics, log_derivatives
 from vqnqs.vmc.local_energy import local_energy
 from vqnqs.vmc.log_psi import make_log_psi
@@ -64,8 +70,9 @@ class VMCStepResult:
     diag_shift: float  # SR diagonal shift of the update
     grad_norm: float  # |dE/dθ| (eq. 3)
     distinct_samples: int  # distinct configurations among the samples (each evaluated once)
-    eloc_configs_per_s: float  # connected configurations through the network per second of local energy
+    eloc_configs_per_s: float  # this rank's connected configurations through the network per second of local energy
     seconds: dict[str, float]  # wall time of each part of the step, keyed by STEP_PARTS
+    communication_s: float  # of that, wall time inside collectives (0 on one process)
 
 
 # The parts of a VMC step, timed separately: drawing the samples; their local energies; the log-derivatives
@@ -91,22 +98,28 @@ def vmc_step(
     model: AutoregressiveTransformer,
     hamiltonian: Hamiltonian,
     optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
+    generator: torch.Generator | Sequence[torch.Generator],
     vmc: VMCConfig,
     step: int,
     *,
     chunk_size: int,
     engine: str,
     offset: int = 0,
+    world: World = SINGLE,
 ) -> VMCStepResult:
     """Update ``step`` (1-based, ``offset`` of them before this VMC phase) of ``model`` (module docstring):
     SR (minSR, SPRING) when ``optimizer`` is an :class:`~vqnqs.vmc.optim.SR`, else the eq. 3 gradient for it
-    (Adam); learning rate and diagonal shift from ``vmc``'s schedules at ``step - offset``."""
-    n_samples = vmc.n_samples
+    (Adam); learning rate and diagonal shift from ``vmc``'s schedules at ``step - offset``.
+
+    ``generator``: this process's sampler stream, or several (:func:`~vqnqs.vmc.distributed.draw`: an equal
+    part of this process's samples from each, e.g. one process standing in for P ranks); ``world``: the
+    ranks sharing the batch of ``vmc.n_samples``."""
+    n_samples = vmc.n_samples  # of all ranks together
     lr, diag_shift = vmc.lr_at(step - offset), vmc.diag_shift_at(step - offset)
     set_lr(optimizer, lr)
-    watch = _Stopwatch()
-    samples = model.sample(n_samples, generator=generator)  # (Ns, N)
+    watch, waited = _Stopwatch(), world.seconds
+    streams = [generator] if isinstance(generator, torch.Generator) else generator
+    samples = world.gather(draw(model, n_samples // world.size, streams))  # (Ns, N), the same on every rank
     # Exact samples repeat, the more so the closer psi gets to the ground state: evaluate each distinct
     # configuration once, weighted by its frequency. Every estimate below is that of the full batch.
     distinct, counts = torch.unique(samples, dim=0, return_counts=True)  # (U, N), (U,)
@@ -118,7 +131,8 @@ def vmc_step(
     weights = counts.to(torch.float64) / n_samples
     log_psi = make_log_psi(model, engine)
     watch.lap("sampling")
-    e_loc = local_energy(hamiltonian, log_psi, distinct, chunk_size=chunk_size)  # (U,)
+    mine = world.share(distinct)  # (U_r, N): this rank's distinct configurations
+    e_loc = world.gather_shares(local_energy(hamiltonian, log_psi, mine, chunk_size=chunk_size), len(distinct))  # (U,)
     eloc_time = watch.lap("local_energy")
     if not torch.isfinite(e_loc).all():
         bad = int((~torch.isfinite(e_loc)).sum())
@@ -128,15 +142,16 @@ def vmc_step(
     params = [p for group in optimizer.param_groups for p in group["params"]]
     optimizer.zero_grad(set_to_none=True)
     if isinstance(optimizer, SR):
-        o = log_derivatives(model, distinct, chunk_size)  # (U, Np), columns in model.parameters() order
+        o = world.gather_shares(log_derivatives(model, mine, chunk_size), len(distinct))  # (U, Np), parameter order
         watch.lap("gradient")
         previous = optimizer.previous_direction()
-        direction, gradient = sr_direction(o, e_loc, diag_shift, weights, previous, vmc.sr_momentum)
+        direction, gradient = sr_direction(o, e_loc, diag_shift, weights, previous, vmc.sr_momentum, world=world)
         set_gradients(params, direction)
     else:
-        loss = energy_loss(model.log_psi(distinct), e_loc, weights)  # eq. 3 through autograd
+        loss = energy_loss(model.log_psi(mine), world.share(e_loc), world.share(weights), stats.mean)  # eq. 3
         loss.backward()
-        gradient = torch.cat([p.grad.reshape(-1) for p in params])
+        gradient = world.sum_(torch.cat([p.grad.reshape(-1) for p in params]))  # (Np,) of the whole batch
+        set_gradients(params, gradient)
         watch.lap("gradient")
     grad_norm = gradient.norm().item()
     if not math.isfinite(grad_norm) or not all(torch.isfinite(p.grad).all() for p in params):
@@ -146,7 +161,8 @@ def vmc_step(
     codebook_upkeep(model, samples)
     watch.lap("upkeep")
     configs_per_s = log_psi.count / eloc_time
-    return VMCStepResult(stats, lr, diag_shift, grad_norm, len(distinct), configs_per_s, watch.seconds)
+    communication = world.seconds - waited
+    return VMCStepResult(stats, lr, diag_shift, grad_norm, len(distinct), configs_per_s, watch.seconds, communication)
 
 
 @dataclass(frozen=True)
