@@ -342,8 +342,8 @@ class Stage:
             for line in self.cost_estimates():
                 print(line, file=sys.stderr)
         steps_run, seconds = self.loop(tracker, progress)
-        if not steps_run:  # a finished checkpoint: its history.csv may have been removed by a pipeline's rerun
-            self.write_history()
+        if not steps_run and self.world.is_main:  # a finished checkpoint: a pipeline's rerun may have removed
+            self.write_history()  # its history.csv
 
         eval_start = time.perf_counter()
         metrics = self.evaluate()
