@@ -129,6 +129,25 @@ class Terminated(BaseException):
     """SIGTERM arrived (raised by the handler ``vqnqs`` installs): the run ends KILLED, like on SIGINT."""
 
 
+class LockedWrites:
+    """MLflow's batch metrics logger (the system metrics monitor's thread writes through it) with its writes
+    under :func:`store_lock`, like every other write to the store here; everything else passes through."""
+
+    def __init__(self, logger: Any, uri: str) -> None:
+        self._logger, self._uri = logger, uri
+
+    def record_metrics(self, metrics: dict, step: int | None = None) -> None:
+        with store_lock(self._uri):
+            self._logger.record_metrics(metrics, step)
+
+    def flush(self) -> None:
+        with store_lock(self._uri):
+            self._logger.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logger, name)
+
+
 class Run:
     """An open MLflow run. Use as a context manager: the run ends FINISHED, or FAILED / KILLED on an exception.
 
@@ -172,6 +191,7 @@ class Run:
             self._monitor = SystemMetricsMonitor(
                 self.run_id, resume_logging=reopened is not None, tracking_uri=self.uri
             )
+            self._monitor.mlflow_logger = LockedWrites(self._monitor.mlflow_logger, self.uri)
             self._monitor.start()
 
     def _find(self, run_id: str | None):
