@@ -10,14 +10,24 @@ from vqnqs.vmc.cost import Rate, estimate_line, forward_flops, measure_rate, vmc
 
 
 @pytest.mark.parametrize(
-    "shape, patch, d_model, n_heads, n_blocks",
-    [((12,), 2, 16, 2, 1), ((4, 4), 2, 32, 4, 2), ((16,), 4, 24, 3, 3), ((8,), 1, 8, 1, 0)],
+    "shape, patch, d_model, n_heads, n_blocks, phase_blocks",
+    [
+        ((12,), 2, 16, 2, 1, 0),
+        ((4, 4), 2, 32, 4, 2, 0),
+        ((16,), 4, 24, 3, 3, 0),
+        ((8,), 1, 8, 1, 0, 0),
+        ((4, 4), 2, 16, 2, 1, 2),  # with a phase network
+    ],
 )
-def test_forward_flops_equal_the_counted_matmuls(shape, patch, d_model, n_heads, n_blocks):
-    model = AutoregressiveTransformer(TransformerConfig(shape, patch, d_model, n_heads, n_blocks)).double()
+def test_forward_flops_equal_the_counted_matmuls(shape, patch, d_model, n_heads, n_blocks, phase_blocks):
+    config = TransformerConfig(shape, patch, d_model, n_heads, n_blocks, phase_blocks=phase_blocks)
+    model = AutoregressiveTransformer(config).double()
     s = model.sample(5, generator=torch.Generator().manual_seed(0))
     counted = sum(count_flops(model, lambda: model.log_psi(s), elementwise=False).values())
     assert forward_flops(model) * len(s) == counted
+    if phase_blocks:
+        amplitude = sum(count_flops(model, lambda: model.log_prob(s), elementwise=False).values())
+        assert forward_flops(model, phase=False) * len(s) == amplitude < counted
 
 
 def test_estimate_line_names_the_parts_and_scales_with_steps():

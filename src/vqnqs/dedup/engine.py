@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from vqnqs.dedup.phase import phase_forward
 from vqnqs.dedup.policy import DEFAULT_POLICY, Execution, ExecutionPolicy
 from vqnqs.dedup.prefix import PrefixPartition, location_partition, prefix_partition
 from vqnqs.dedup.stages import Compressed, block_stage, embed_stage, output_stage, quantizer_of
@@ -61,13 +62,16 @@ class LayerStats:
 @dataclass
 class DedupResult:
     log_prob: Tensor  # (K,)
-    stats: list[LayerStats]
+    stats: list[LayerStats]  # of the autoregressive network
     codes: list[Tensor] = field(default_factory=list)  # per quantised block (K, T, H), if recorded
+    phase: Tensor | None = None  # (K,) phi(s) of the model's phase network (vqnqs.dedup.phase); None without one
 
     @property
     def log_psi(self) -> Tensor:
-        """``log psi = log P / 2`` (real: phase zero for the stoquastic models here)."""
-        return 0.5 * self.log_prob
+        """``log psi = log P / 2 + i phi``: complex with a phase network, else real (phi = 0)."""
+        if self.phase is None:
+            return 0.5 * self.log_prob
+        return torch.complex(0.5 * self.log_prob, self.phase)
 
 
 # --- the whole forward ----------------------------------------------------------------------------
@@ -129,7 +133,8 @@ class DedupEngine:
             if out.codes is not None:
                 codes_per_block.append(out.codes)
         log_prob = output_stage(model, states, tokens, run)
-        return DedupResult(log_prob, stats, codes_per_block)
+        phase = None if model.phase is None else phase_forward(model.phase, s, run)
+        return DedupResult(log_prob, stats, codes_per_block, phase)
 
 
 def dedup_log_prob(
@@ -153,7 +158,7 @@ def dedup_log_prob(
 def dedup_log_psi(
     model: AutoregressiveTransformer, s: Tensor, *, prefix_reuse: bool = True, policy: ExecutionPolicy = DEFAULT_POLICY
 ) -> Tensor:
-    """``log psi(s) = log P(s) / 2`` for ``s (K, N)`` through the dedup engine -> ``(K,)``."""
+    """``log psi(s) = log P(s) / 2 (+ i phi(s))`` for ``s (K, N)`` through the dedup engine -> ``(K,)``."""
     return dedup_log_prob(model, s, prefix_reuse=prefix_reuse, policy=policy).log_psi
 
 

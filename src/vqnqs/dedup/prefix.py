@@ -129,3 +129,22 @@ def location_partition(ids: Tensor) -> PrefixPartition:
     locations = torch.arange(n_seq * n_tokens, device=device)  # (K*T,)
     group = PrefixGroup(0, torch.arange(n_seq, device=device), 0)
     return PrefixPartition(locations.view(n_seq, n_tokens), locations, (group,) if n_seq else (), (n_seq,) * n_tokens)
+
+
+def sequence_partition(ids: Tensor) -> PrefixPartition:
+    """Bidirectional attention (the phase network's encoder): a location's output depends on the WHOLE sequence
+    of ids, so the attention rows are the locations of the distinct id-sequences, row ``u * T + i`` for distinct
+    sequence ``u`` (in :func:`torch.unique` order) at position ``i``. One group (start 0, each distinct
+    sequence's first occurrence): its queries at every position against its own keys."""
+    n_seq, n_tokens = ids.shape
+    device = ids.device
+    if n_seq == 0:
+        return location_partition(ids)
+    _, inverse = torch.unique(ids, dim=0, return_inverse=True)  # (K,) distinct sequence of each row
+    n_distinct = int(inverse.max()) + 1
+    first = torch.full((n_distinct,), n_seq, dtype=torch.int64, device=device)
+    first.scatter_reduce_(0, inverse, torch.arange(n_seq, device=device), reduce="amin")  # (S,) representatives
+    positions = torch.arange(n_tokens, device=device)
+    rows = inverse[:, None] * n_tokens + positions  # (K, T)
+    row_location = (first[:, None] * n_tokens + positions).reshape(-1)  # (S*T,)
+    return PrefixPartition(rows, row_location, (PrefixGroup(0, first, 0),), (n_distinct,) * n_tokens)

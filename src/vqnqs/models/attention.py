@@ -76,19 +76,41 @@ class CausalMixing(nn.Module):
         return causal_attention_sums(q, k, v) if keep_sums else causal_attention(q, k, v)
 
 
+def bidirectional_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Softmax attention without a mask: ``q (..., Tq, e)``, ``k, v (..., Tk, e)`` -> ``(..., Tq, e)``; every
+    query sees every key (the phase network's encoder)."""
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (..., Tq, Tk)
+    return scores.softmax(dim=-1) @ v
+
+
+class BidirectionalMixing(nn.Module):
+    """:func:`bidirectional_attention` as a stateless module (``attn.mixing`` of the phase network's blocks).
+
+    Called as :class:`CausalMixing` is: by the dense forward and, with one query row per location of each
+    distinct sequence, by the dedup engine (:mod:`vqnqs.dedup.phase`).
+    """
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return bidirectional_attention(q, k, v)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with explicit matmuls (so CPU FLOP counters see them).
+
+    ``causal=False`` swaps the mixing for :class:`BidirectionalMixing` (the phase network's encoder; no KV cache
+    is ever used there).
 
     forward = out_proj(quantizer(attend(*qkv(x)))): the per-head mixed output passes through the
     ``quantizer`` slot (``nn.Identity`` here; the VQ-NQS variant puts its vector quantiser there)
     before ``W_O`` and the residual add of the enclosing block.
     """
 
-    def __init__(self, d_model: int, n_heads: int) -> None:
+    def __init__(self, d_model: int, n_heads: int, causal: bool = True) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.qkv_proj = nn.Linear(d_model, 3 * d_model)
-        self.mixing = CausalMixing()  # stateless: no parameters, no state_dict entries
+        # Stateless: no parameters, no state_dict entries. causal=False: the phase network's encoder.
+        self.mixing: nn.Module = CausalMixing() if causal else BidirectionalMixing()
         self.update = IncrementalMixing()  # stateless: the mixing updated per connected configuration
         self.quantizer: nn.Module = nn.Identity()
         self.out_proj = nn.Linear(d_model, d_model)  # W_O

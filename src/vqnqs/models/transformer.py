@@ -55,6 +55,9 @@ class TransformerConfig:
     d_ff: int | None = None
     # Sz sector: the exact total number of down spins, enforced by masking the conditionals; None = no mask.
     n_down: int | None = None
+    # Encoder blocks of the phase network phi(s) (models.phase, same d_model, heads and d_ff); 0: no phase
+    # network, phi = 0 (real psi: the stoquastic systems).
+    phase_blocks: int = 0
 
     def __post_init__(self) -> None:
         # Frozen, so normalise through object.__setattr__ (lists from YAML become tuples, d_ff gets its default).
@@ -68,6 +71,8 @@ class TransformerConfig:
             raise ValueError(f"n_heads {self.n_heads}: must be positive and divide d_model={self.d_model}")
         if self.n_blocks < 0:
             raise ValueError(f"n_blocks {self.n_blocks}: must be >= 0")
+        if self.phase_blocks < 0:
+            raise ValueError(f"phase_blocks {self.phase_blocks}: must be >= 0")
         if self.d_ff < 1:
             raise ValueError(f"d_ff {self.d_ff}: must be a positive integer")
         if self.n_down is not None and not 0 <= self.n_down <= self.n_sites:
@@ -123,12 +128,13 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN block: ``x + attn(ln(x))`` then, for a full block, ``x + ff(ln(x))``."""
+    """Pre-LN block: ``x + attn(ln(x))`` then, for a full block, ``x + ff(ln(x))``; ``causal=False``: an encoder
+    block (the phase network's)."""
 
-    def __init__(self, config: TransformerConfig, feed_forward: bool = True) -> None:
+    def __init__(self, config: TransformerConfig, feed_forward: bool = True, causal: bool = True) -> None:
         super().__init__()
         self.ln_attn = nn.LayerNorm(config.d_model)
-        self.attn = CausalSelfAttention(config.d_model, config.n_heads)
+        self.attn = CausalSelfAttention(config.d_model, config.n_heads, causal)
         # The attention-only half-block has neither (None rather than Identity: no parameters, no FLOPs).
         self.ln_ff: nn.LayerNorm | None = nn.LayerNorm(config.d_model) if feed_forward else None
         self.ff: FeedForward | None = FeedForward(config.d_model, config.d_ff) if feed_forward else None
@@ -170,7 +176,8 @@ def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
 
 
 class AutoregressiveTransformer(nn.Module):
-    """Normalised autoregressive wave function ``psi(s) = sqrt(P(s))`` over patch tokens.
+    """Normalised autoregressive wave function ``psi(s) = sqrt(P(s)) exp(i phi(s))`` over patch tokens; ``phi``
+    is the phase network ``model.phase`` (:mod:`vqnqs.models.phase`) or, without one, 0.
 
     Device and dtype follow the parameters (``.to(device)``, ``.double()``); every buffer is an
     integer table, so ``.double()`` leaves nothing in float32.
@@ -194,6 +201,10 @@ class AutoregressiveTransformer(nn.Module):
         spins_after = self.patching.spins_per_token * torch.arange(n_tokens - 1, -1, -1)
         self.register_buffer("spins_after", spins_after, persistent=False)
         self._init_weights()
+        # After the init above, which is the autoregressive network's own. Local import: phase.py builds on Block.
+        from vqnqs.models.phase import PhaseNetwork
+
+        self.phase: PhaseNetwork | None = PhaseNetwork(config) if config.phase_blocks else None
 
     def _init_weights(self) -> None:
         """GPT-2 init: N(0, 0.02) weights, zero biases, residual projections scaled by the number of residual
@@ -227,6 +238,13 @@ class AutoregressiveTransformer(nn.Module):
         yield from self.final_block.components("final")
         yield self.ln_f, ("output", "ln_f")
         yield self.head, ("output", "head")
+        if self.phase is not None:
+            yield from self.phase.components()
+
+    @property
+    def is_complex(self) -> bool:
+        """Whether ``log psi`` is complex (a phase network is present)."""
+        return self.phase is not None
 
     @property
     def n_params(self) -> int:
@@ -302,10 +320,12 @@ class AutoregressiveTransformer(nn.Module):
         return log_probs.gather(-1, tokens[..., None]).squeeze(-1).sum(dim=-1)
 
     def log_psi(self, s: Tensor) -> Tensor:
-        """``s (B, N)`` -> real ``log psi(s) = log P(s) / 2`` as ``(B,)``."""
-        # psi(s) = sqrt(P(s)) exp(i phi(s)). phi = 0 for the stoquastic models here (TFIM; Heisenberg with
-        # Marshall's sign), so log psi is real. A phase network would add 1j * phi(s) here (complex output).
-        return 0.5 * self.log_prob(s)
+        """``s (B, N)`` -> ``log psi(s) = log P(s) / 2 + i phi(s)`` as ``(B,)``: complex with a phase network,
+        else real (phi = 0: the stoquastic systems, TFIM and Heisenberg with Marshall's sign)."""
+        half_log_prob = 0.5 * self.log_prob(s)
+        if self.phase is None:
+            return half_log_prob
+        return torch.complex(half_log_prob, self.phase(s))
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, use_cache: bool = True) -> Tensor:

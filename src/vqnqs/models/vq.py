@@ -336,7 +336,8 @@ class VectorQuantizer(nn.Module):
 
 
 class VQTransformer(AutoregressiveTransformer):
-    """The baseline transformer with a :class:`VectorQuantizer` after the attention of every full block.
+    """The baseline transformer with a :class:`VectorQuantizer` after the attention of every full block (of the
+    phase network's encoder too, when there is one).
 
     ``model.final_block`` (attention only) keeps its identity slot. Sampling and ``log_prob`` are
     inherited unchanged: the quantiser acts per location, so the KV-cached sampler still applies.
@@ -346,12 +347,17 @@ class VQTransformer(AutoregressiveTransformer):
     def __init__(self, config: TransformerConfig, vq: VQConfig) -> None:
         super().__init__(config)
         self.vq_config = vq
-        for block in self.blocks:
+        for block in self.quantized_blocks:
             block.attn.quantizer = VectorQuantizer(config.d_model, vq)
 
     @property
+    def quantized_blocks(self) -> list[nn.Module]:
+        """The full blocks of both networks: the autoregressive ``blocks`` and the phase network's encoder blocks."""
+        return [*self.blocks, *([] if self.phase is None else self.phase.blocks)]
+
+    @property
     def quantizers(self) -> list[VectorQuantizer]:
-        return [block.attn.quantizer for block in self.blocks]
+        return [block.attn.quantizer for block in self.quantized_blocks]
 
     def code_usage(self) -> float:
         """Fraction of all codes (every quantiser) used by the last upkeep batch (``unused_steps == 0``)."""
@@ -363,7 +369,7 @@ class VQTransformer(AutoregressiveTransformer):
 def codebook_upkeep(model: AutoregressiveTransformer, s: Tensor) -> None:
     """One codebook-upkeep step of every :class:`VectorQuantizer` of ``model`` on configurations ``s (B, N)``.
 
-    Runs one forward pass of ``model.log_prob(s)`` without gradients in which each quantiser, block after
+    Runs one forward pass of ``model.log_prob(s)`` (and of the phase network) without gradients in which each quantiser, block after
     block, replaces its output by :meth:`VectorQuantizer.upkeep` of its input: it updates its codebook
     (initialisation once, then dead-code re-seeding), records the usage of the codes it assigns, and hands
     the value of the updated codebook to the next block. A training step calls it once, before its own
@@ -376,6 +382,8 @@ def codebook_upkeep(model: AutoregressiveTransformer, s: Tensor) -> None:
     handles = [quantizer.register_forward_hook(_upkeep_hook) for quantizer in quantizers]
     try:
         model.log_prob(s)
+        if model.phase is not None:
+            model.phase(s)
     finally:
         for handle in handles:
             handle.remove()

@@ -49,6 +49,9 @@ class ModelShape(Config):
     d_ff: int | None = knob(None, minimum=1)
     # Sample only the ground state's Sz sector where H conserves Sz (Heisenberg: N/2 down spins).
     sz_sector: bool = knob(True)
+    # Encoder blocks of the phase network phi(s) (bidirectional, pooled; same width and heads); 0: phi = 0, a
+    # real wave function, enough where the signs are known (TFIM; Heisenberg with Marshall's sign rule).
+    phase_blocks: int = knob(0, minimum=0)
 
     def transformer_config(self, hamiltonian: Hamiltonian) -> TransformerConfig:
         """The transformer for this lattice; ``ValueError`` naming the field if the shape does not fit."""
@@ -61,6 +64,7 @@ class ModelShape(Config):
             n_blocks=self.n_blocks,
             d_ff=self.d_ff,
             n_down=ground_state_sector(hamiltonian) if self.sz_sector else None,
+            phase_blocks=self.phase_blocks,
         )
 
 

@@ -8,7 +8,9 @@ configuration's dense forward costs (multiply-adds counted as 2 FLOPs)::
     F = T (L (8 d^2 + 4 d f) + 8 d^2 + 2 d V)  +  (L + 1) 4 d T^2      projections + attention
 
 (the attention computes the whole masked ``T x T`` score and mixing products; elementwise ops left out),
-the matmul count of :func:`vqnqs.profiling.flops.count_flops` exactly (a test pins it).
+the matmul count of :func:`vqnqs.profiling.flops.count_flops` exactly (a test pins it). A phase network of
+``L_phi`` encoder blocks adds ``T (L_phi (8 d^2 + 4 d f) + 2 d) + L_phi 4 d T^2`` to every forward but the
+sampler's (sampling draws from ``P`` alone).
 
 One VMC step on ``Ns`` samples (:func:`vqnqs.vmc.step.vmc_step`), counting every sample as distinct (an upper
 bound: repeated samples are evaluated once) and every connection as valid (an upper bound: ``M`` =
@@ -40,21 +42,23 @@ PROBE_FLOPS = 2e9
 PROBE_ROWS, PROBE_COLUMNS = 256, 8192
 
 
-def forward_flops(model: AutoregressiveTransformer) -> float:
-    """FLOPs of one configuration's dense forward (module docstring)."""
+def forward_flops(model: AutoregressiveTransformer, phase: bool = True) -> float:
+    """FLOPs of one configuration's dense forward (module docstring); ``phase=False``: of ``P`` alone."""
     config = model.config
     t, d, f, layers = model.patching.n_tokens, config.d_model, config.d_ff, config.n_blocks
     vocab = model.patching.vocab_size
     projections = t * (layers * (8 * d * d + 4 * d * f) + 8 * d * d + 2 * d * vocab)
     attention = (layers + 1) * 4 * d * t * t
-    return float(projections + attention)
+    encoder = config.phase_blocks if phase else 0
+    phase_flops = t * (encoder * (8 * d * d + 4 * d * f) + 2 * d) + encoder * 4 * d * t * t if encoder else 0
+    return float(projections + attention + phase_flops)
 
 
 def vmc_step_flops(model: AutoregressiveTransformer, hamiltonian: Hamiltonian, n_samples: int) -> dict[str, float]:
     """Upper bounds on the FLOPs of one VMC step, by part (module docstring)."""
     flops = forward_flops(model)
     return {
-        "sampling": n_samples * flops,
+        "sampling": n_samples * forward_flops(model, phase=False),
         "local energy": n_samples * hamiltonian.max_connections * flops,
         "gradient": 3 * n_samples * flops,
         "SR": float(n_samples**2 * model.n_params),
@@ -84,6 +88,7 @@ def measure_rate(model: AutoregressiveTransformer, generator_seed: int = 0) -> R
         start = time.perf_counter()
         probe = model.sample(2, generator=generator)  # (2, N)
         sample_s = time.perf_counter() - start
+        sample_flops = 2 * forward_flops(model, phase=False)
         batch = probe[torch.arange(n_probe) % 2]  # (n_probe, N)
         start = time.perf_counter()
         model.log_psi(batch)
@@ -96,7 +101,7 @@ def measure_rate(model: AutoregressiveTransformer, generator_seed: int = 0) -> R
         gram_s = time.perf_counter() - start
     rate = n_probe * flops / max(forward_s, 1e-9)
     gram_rate = 2.0 * o.shape[0] ** 2 * o.shape[1] / max(gram_s, 1e-9)
-    return Rate(rate, gram_rate, max(0.0, sample_s - 2 * flops / rate))
+    return Rate(rate, gram_rate, max(0.0, sample_s - sample_flops / rate))
 
 
 def describe_seconds(seconds: float) -> str:

@@ -43,9 +43,10 @@ def exact_energy(hamiltonian: Hamiltonian, model: AutoregressiveTransformer, chu
     s = all_configurations(n_sites, n_down).to(model.device)  # (D, N)
     with torch.no_grad():
         probability = torch.cat([model.log_prob(c).double().exp() for c in s.split(chunk_size)])  # (D,)
-        e_loc = local_energy(hamiltonian, model, s, chunk_size=chunk_size, engine="dedup")  # (D,) float64
+        e_loc = local_energy(hamiltonian, model, s, chunk_size=chunk_size, engine="dedup")  # (D,) float64/complex128
+    energy = (probability * e_loc).sum().real / probability.sum()  # real: H is Hermitian
     return {
-        "energy_per_site": float((probability * e_loc).sum() / probability.sum()) / n_sites,
+        "energy_per_site": float(energy) / n_sites,
         "norm": float(probability.sum()),
         "n_states": n_states,
     }

@@ -8,6 +8,9 @@ autocorrelation), so with ``E_loc(s) = sum_s' H[s, s'] psi(s') / psi(s)``:
     error    = sqrt(sigma^2 / Ns)                           (standard error of E)
     dE/dθ    = 2 Re mean_s[(E_loc(s) - E)^* O(s)],   O(s) = d log psi(s) / dθ          (eq. 3)
 
+For a complex ``psi = sqrt(P) exp(i phi)`` with real parameters, ``O`` and ``E_loc`` are complex and eq. 3 holds
+as written (``Re[(E_loc - E)^* O] = Re[O^* (E_loc - E)]``); ``E`` itself is real (``H`` is Hermitian).
+
 Every function also takes optional ``weights`` ``w(s)`` summing to one in place of the plain mean, for
 two uses: the distinct samples of a batch weighted by their frequency (the same numbers as the full
 batch, with each repeated configuration evaluated once), and the whole basis weighted by
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, jacrev, vmap
 
 
 def _mean(x: Tensor, weights: Tensor | None) -> Tensor:
@@ -84,23 +87,30 @@ def log_derivatives(model: nn.Module, s: Tensor, chunk_size: int | None = None) 
     """Per-sample log-derivatives ``O[i, k] = d log psi(s_i) / d θ_k`` as ``(Ns, Np)``.
 
     Parameters ``θ`` are flattened in the order of ``model.parameters()``. Each row is the gradient of
-    one sample's (real) ``log psi``, computed for ``chunk_size`` samples at a time by
+    one sample's ``log psi``, computed for ``chunk_size`` samples at a time by
     ``vmap(grad(functional_call(...)))`` over the batch: one batched forward and backward per chunk
-    instead of ``Ns`` separate backward passes.
+    instead of ``Ns`` separate backward passes. A complex ``log psi`` (a phase network; the parameters are
+    real) gives ``O = d Re log psi / dθ + i d Im log psi / dθ``, complex: the gradients of both parts in one
+    ``vmap(jacrev(...))``.
     """
     wrapped = _LogPsi(model)
     params = {name: p.detach() for name, p in wrapped.named_parameters()}
+    is_complex = bool(getattr(model, "is_complex", False))
 
     def single(params: dict[str, Tensor], one: Tensor) -> Tensor:
-        return functional_call(wrapped, params, (one[None],))[0]  # (N,) -> scalar
+        value = functional_call(wrapped, params, (one[None],))[0]  # (N,) -> scalar
+        return torch.stack([value.real, value.imag]) if is_complex else value  # (2,) or scalar
 
-    per_sample = vmap(grad(single), in_dims=(None, 0))
+    per_sample = vmap(jacrev(single) if is_complex else grad(single), in_dims=(None, 0))
     chunk_size = s.shape[0] if chunk_size is None else chunk_size
     rows = []
     for start in range(0, s.shape[0], chunk_size):
-        grads = per_sample(params, s[start : start + chunk_size])  # name -> (C, *p.shape)
+        grads = per_sample(params, s[start : start + chunk_size])  # name -> (C, [2,] *p.shape)
+        if is_complex:
+            grads = {name: torch.complex(g[:, 0], g[:, 1]) for name, g in grads.items()}  # (C, *p.shape)
         rows.append(torch.cat([g.reshape(g.shape[0], -1) for g in grads.values()], dim=1))  # (C, Np)
     if not rows:  # no samples (a rank's share of a batch with fewer distinct rows than ranks): (0, Np)
         first = next(iter(params.values()))
-        return first.new_zeros(0, sum(p.numel() for p in params.values()))
+        dtype = first.dtype.to_complex() if is_complex else first.dtype
+        return first.new_zeros(0, sum(p.numel() for p in params.values()), dtype=dtype)
     return torch.cat(rows)

@@ -52,7 +52,14 @@ class LogPsi:
 
             self.count += int(valid.sum())
             log_prob = incremental_log_prob(self.model, s, configs, valid).log_prob.to(valid.device)
-            return torch.where(valid, 0.5 * log_prob, float("-inf"))
+            log_psi = torch.where(valid, 0.5 * log_prob, float("-inf"))
+            if self.model.phase is None:
+                return log_psi
+            # The encoder has no prefix structure to update from: its phase goes through the dedup stages.
+            from vqnqs.dedup.phase import dedup_phase
+
+            phase = flat_connected(lambda x: dedup_phase(self.model.phase, x), configs, valid)  # -inf where invalid
+            return torch.complex(log_psi, torch.where(valid, phase, 0.0).to(log_psi.dtype))
         return flat_connected(self, configs, valid)
 
 

@@ -5,7 +5,12 @@ gradient with the quantum geometric tensor. With centred, scaled per-sample quan
 
     Ō[i, k] = (O_k(s_i) - mean_s O_k) / sqrt(Ns),    ε[i] = (E_loc(s_i) - E) / sqrt(Ns),
 
-the metric is ``S = Ō^T Ō`` (Np x Np) and the force ``F = Ō^T ε = (1/2) dE/dθ`` (eq. 3, real case);
+the metric is ``S = Ō^T Ō`` (Np x Np) and the force ``F = Ō^T ε = (1/2) dE/dθ`` (eq. 3, real case). For a complex
+``log psi`` (a phase network; real parameters) ``S = Re Ō^† Ō`` and ``F = Re Ō^† ε``: the same formulas on the
+real ``(2 Ns, Np)`` matrix of rows ``[Re Ō; Im Ō]`` and ``[Re ε; Im ε]``, which :func:`centred` returns, so
+everything below (minSR's ``2Ns x 2Ns`` solve included) is unchanged. Where each parameter moves only the
+log-amplitude or only the phase (two networks), that matrix is block diagonal and the solve splits exactly
+into two real ones of ``Ns`` rows each (:func:`separable`, checked on the data);
 the update is ``θ <- θ - η δ`` with
 
     δ = (S + λ I)^{-1} F                         full S: an Np x Np solve              (Sorella)
@@ -56,7 +61,9 @@ def centred(o: Tensor, e_loc: Tensor, weights: Tensor | None = None) -> tuple[Te
     scale = weights.sqrt()[:, None]  # (K, 1)
     o_bar = o - weights.to(o.dtype) @ o
     o_bar.mul_(scale.to(o.dtype))  # in place: O is the largest array of the step, one fresh copy is enough
-    eps = ((e_loc - weights @ e_loc) * scale[:, 0]).to(o.dtype)
+    eps = ((e_loc - weights.to(e_loc.dtype) @ e_loc) * scale[:, 0]).to(o.dtype)
+    if o_bar.is_complex():  # complex log psi: the real formulation, rows [Re; Im] (module docstring)
+        o_bar, eps = torch.cat([o_bar.real, o_bar.imag]), torch.cat([eps.real, eps.imag])  # (2K, Np), (2K,)
     return o_bar, eps
 
 
@@ -102,6 +109,8 @@ def sr_direction(
         raise ValueError(f"form {form!r}: expected one of {', '.join(SR_FORMS)}")
     if not diag_shift > 0:
         raise ValueError(f"diag_shift {diag_shift}: must be positive")
+    if o.is_complex() and separable(o):
+        return _separate_sr(o, e_loc, diag_shift, weights, previous, momentum, form, world)
     o_bar, eps = centred(o, e_loc, weights)
     n_samples, n_params = o_bar.shape
     force = o_bar.T @ eps  # (Np,)
@@ -116,6 +125,31 @@ def sr_direction(
         s.diagonal().add_(diag_shift)
         correction = torch.linalg.solve(s, (o_bar.T @ residual).double()).to(o_bar.dtype)
     return anchor + correction, 2.0 * force
+
+
+def separable(o: Tensor) -> bool:
+    """Whether complex ``o (K, Np)`` has every column purely real or purely imaginary (checked, not assumed)."""
+    imaginary = (o.imag != 0).any(dim=0)  # (Np,)
+    return not bool((o.real[:, imaginary] != 0).any())
+
+
+def _separate_sr(o, e_loc, diag_shift, weights, previous, momentum, form, world) -> tuple[Tensor, Tensor]:
+    """:func:`sr_direction` of a complex ``o`` whose columns are each purely real or purely imaginary: the
+    amplitude's parameters (``Re log psi = log P / 2``) and the phase network's (``Im log psi = phi``).
+
+    The real formulation's rows ``[Re Ō; Im Ō]`` are then ``[[A, 0], [0, B]]``, so ``S`` and the Gram matrix are
+    block diagonal and the problem splits exactly into two real ones: ``(A, Re ε)`` for the amplitude columns,
+    ``(B, Im ε)`` for the phase columns. Each costs ``K^2`` per parameter in minSR, not ``(2K)^2``.
+    """
+    imaginary = (o.imag != 0).any(dim=0)  # (Np,): the phase network's columns
+    direction = torch.zeros(o.shape[1], dtype=o.real.dtype, device=o.device)
+    gradient = torch.zeros_like(direction)
+    for columns, part, e_part in ((~imaginary, o.real, e_loc.real), (imaginary, o.imag, e_loc.imag)):
+        if columns.any():
+            last = None if previous is None else previous[columns]
+            d, g = sr_direction(part[:, columns], e_part, diag_shift, weights, last, momentum, form, world)
+            direction[columns], gradient[columns] = d, g
+    return direction, gradient
 
 
 def set_gradients(params: Iterable[nn.Parameter], flat: Tensor) -> None:

@@ -17,6 +17,7 @@ Fit step (distillation)::
     s      = teacher.sample(n_samples)                         (Ns, N)  fresh exact teacher samples
     VQ:    codebook upkeep on s (data init on the first step, dead-code re-seeding, usage)
     loss   = mean_s |log psi_student(s) - log psi_teacher(s)|^2,   θ <- Adam(θ, d loss / dθ, η)
+             (with a phase: the 2 pi-periodic fit_distance, log-amplitude and phase both fitted)
 
 Over P processes (:mod:`vqnqs.vmc.distributed`) each rank draws Ns / P of the samples from its own
 stream and evaluates its share of the distinct rows; every rank then holds the same batch, ``E_loc``, ``O``
@@ -169,7 +170,7 @@ def vmc_step(
 class FitStepResult:
     """What one fit update measured (on its teacher samples, before the update)."""
 
-    loss: float  # mean |log psi_student - log psi_teacher|^2
+    loss: float  # mean fit_distance(log psi_student - log psi_teacher): |.|^2 for real log psi
     mean_abs_dlog_psi: float  # mean |log psi_student - log psi_teacher|
     grad_norm: float  # |d loss / dθ|
 
@@ -191,8 +192,8 @@ def fit_step(
         target = teacher.log_psi(samples)  # (Ns,)
     student.train()
     codebook_upkeep(student, samples)
-    delta = student.log_psi(samples) - target  # (Ns,)
-    loss = (delta**2).mean()
+    delta = student.log_psi(samples) - target  # (Ns,), complex with a phase network
+    loss = fit_distance(delta).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = flat_grad_norm(list(student.parameters()))
@@ -200,3 +201,12 @@ def fit_step(
         raise TrainingError(f"step {step}: the loss or its gradient is NaN or infinite")
     optimizer.step()
     return FitStepResult(loss.item(), delta.detach().abs().mean().item(), grad_norm)
+
+
+def fit_distance(delta: torch.Tensor) -> torch.Tensor:
+    """Squared distance of two log-amplitudes from their difference ``delta (Ns,)``: ``delta^2`` for real ones;
+    ``Re(delta)^2 + 2 (1 - cos Im(delta))`` for complex ones, which is ``|delta|^2`` to second order in the phase
+    difference and, like the wave functions, blind to a phase difference of 2 pi."""
+    if not delta.is_complex():
+        return delta**2
+    return delta.real**2 + 2.0 * (1.0 - torch.cos(delta.imag))
