@@ -22,6 +22,8 @@ CASES = {
     "adam": {"optimizer": "adam"},
     "minsr": {"optimizer": "sr", "diag_shift": 0.01, "diag_shift_final": 0.01, "sr_momentum": 0.5},
     "vq_adam": {"optimizer": "adam", "model": "vq", "bits": 4, "codes": 4},
+    # complex log psi: complex local energies and log-derivatives gathered, SR split per network
+    "phase_minsr": {"optimizer": "sr", "diag_shift": 0.01, "diag_shift_final": 0.01, "phase_blocks": 1},
 }
 
 

@@ -127,6 +127,7 @@ def estimate_line(name: str, flops: dict[str, float], rate: Rate, steps: int) ->
 def fit_step_flops(student: AutoregressiveTransformer, teacher: AutoregressiveTransformer, n_samples: int) -> dict:
     """FLOPs of one distillation fit step (:func:`vqnqs.vmc.step.fit_step`), by part."""
     return {
-        "sampling": 2 * n_samples * forward_flops(teacher),  # teacher samples and their log-amplitudes
+        # teacher samples (from P alone) and their log-amplitudes
+        "sampling": n_samples * (forward_flops(teacher, phase=False) + forward_flops(teacher)),
         "fit": 4 * n_samples * forward_flops(student),  # codebook upkeep forward, then forward and backward
     }

@@ -24,7 +24,7 @@ from vqnqs.physics.hamiltonian import Hamiltonian
 from vqnqs.vmc.gradient import EnergyStats, energy_statistics
 from vqnqs.vmc.local_energy import local_energy
 from vqnqs.vmc.log_psi import make_log_psi
-from vqnqs.vmc.step import TrainingError
+from vqnqs.vmc.step import TrainingError, fit_distance
 
 
 def relative_error(value: float, reference: float | None) -> float | None:
@@ -119,19 +119,26 @@ def fidelity(
     n_samples: int,
     chunk_size: int,
 ) -> dict:
-    """L2, mean and max ``|Δ log psi|`` and the fidelity (with its error) on fresh teacher samples."""
+    """L2, mean and max ``|Δ log psi|`` and the fidelity (with its error) on fresh teacher samples.
+
+    With a phase, ``|Δ log psi|^2`` is the 2 pi-blind :func:`~vqnqs.vmc.step.fit_distance` and the fidelity
+    ``|<psi_t|psi_s>|^2`` (both states are normalised: ``P`` is).
+    """
     deltas = []
     for start in range(0, n_samples, chunk_size):
         samples = teacher.sample(min(chunk_size, n_samples - start), generator=generator)
-        deltas.append((student.log_psi(samples) - teacher.log_psi(samples)).double())
+        delta = student.log_psi(samples) - teacher.log_psi(samples)
+        deltas.append(delta.to(torch.complex128 if delta.is_complex() else torch.float64))
     delta = torch.cat(deltas)  # log psi_s - log psi_t
     ratio = delta.exp()  # psi_s / psi_t; its mean under |psi_t|^2 is the overlap <psi_t|psi_s>
-    overlap, overlap_error = ratio.mean().item(), (ratio.std() / math.sqrt(len(ratio))).item()
+    overlap = ratio.mean()
+    overlap_error = ((ratio - overlap).abs().pow(2).sum() / max(len(ratio) - 1, 1) / len(ratio)).sqrt().item()
+    distance = fit_distance(delta)  # |Δ log psi|^2
     return {
-        "l2_dlog_psi": (delta**2).mean().item(),
-        "mean_abs_dlog_psi": delta.abs().mean().item(),
-        "max_abs_dlog_psi": delta.abs().max().item(),
-        "fidelity": overlap**2,
-        "fidelity_error": 2 * abs(overlap) * overlap_error,
+        "l2_dlog_psi": distance.mean().item(),
+        "mean_abs_dlog_psi": distance.sqrt().mean().item(),
+        "max_abs_dlog_psi": distance.sqrt().max().item(),
+        "fidelity": abs(overlap.item()) ** 2,
+        "fidelity_error": 2 * abs(overlap.item()) * overlap_error,
         "fidelity_samples": n_samples,
     }
