@@ -104,10 +104,15 @@ def check_lanczos_feasible(hamiltonian: Hamiltonian, memory_fraction: float = 0.
     if need is None or need > have:
         log_dim = log10_sector_dimension(n_sites, n_down)
         size = "" if need is None else f" (~{need / 2**30:.3g} GiB)"
+        j2 = hamiltonian.describe().get("J2", 0.0)
+        hint = (
+            f"and the literature table has no J1-J2 values (j2 = {j2}): no reference for it here"
+            if j2 != 0.0
+            else "use a literature reference instead (--method literature)"
+        )
         raise ValueError(
             f"size {hamiltonian.lattice.size}: exact diagonalisation needs a 10^{log_dim:.1f}-dimensional sector"
-            f"{size}, more than the {have / 2**30:.3g} GiB allowed here; "
-            f"use a literature reference instead (--method literature)"
+            f"{size}, more than the {have / 2**30:.3g} GiB allowed here; {hint}"
         )
 
 

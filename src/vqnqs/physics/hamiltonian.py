@@ -22,6 +22,14 @@ import torch
 from vqnqs.physics.lattice import Lattice
 
 SYSTEMS = ("tfim", "heisenberg")
+# Keys of ``describe()`` left out at these default values, so that the records (reference JSON, metrics,
+# model info, checkpoints) of the plain models are as they were before the key existed.
+DESCRIPTION_DEFAULTS = {"J2": 0.0}
+
+
+def with_description_defaults(record: dict) -> dict:
+    """``record`` (a description, or a dict holding one's keys) with the omitted defaults filled in."""
+    return {**DESCRIPTION_DEFAULTS, **record}
 
 
 @dataclass(frozen=True)
