@@ -36,6 +36,14 @@ def run_reference(tmp_path, *args):
         (["--system", "tfim", "--size", "32"], "free_fermions", -40.3843131612 / 32, 1e-11),
         (["--system", "tfim", "--size", "384"], "free_fermions", -488.5609453922 / 384, 1e-11),
         (["--system", "heisenberg", "--size", "4x4"], "lanczos", -0.5743254416, 1e-9),
+        # J1-J2 at J2 = 0.5 (tests/physics/test_j1j2.py: found twice independently)
+        (["--system", "heisenberg", "--size", "4x4", "--j2", "0.5"], "lanczos", -0.469097309380, 1e-9),
+        (
+            ["--system", "heisenberg", "--size", "4x4", "--boundary", "periodic", "--j2", "0.5"],
+            "lanczos",
+            -0.528620209462,
+            1e-9,
+        ),
         # default 'best': exact diagonalisation, then Sandvik's SSE QMC (arXiv:2601.20189), then the paper's
         (["--system", "heisenberg", "--size", "6x6"], "literature", -0.6035218, 0),
         (["--system", "heisenberg", "--size", "8x8"], "literature", -0.61903712, 0),
@@ -69,6 +77,23 @@ def test_reference_from_params_run(tmp_path):
     assert record["hamiltonian"]["gamma"] == 0.5 and record["n_sites"] == 12
 
 
+def test_j1j2_reference_from_params_run(tmp_path):
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["systems"] = {
+        "j1j2": {"system": "heisenberg", "size": "2x4", "boundary": "open", "j2": 0.5, "sign_rule": False}
+    }
+    params["train_vq_runs"] = []  # they name the replaced runs
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    code, out = run_reference(tmp_path, "--params", str(path), "--run", "j1j2")
+    assert code == 0
+    record = json.loads(out.read_text())
+    assert record["hamiltonian"] == {"system": "heisenberg", "J": 1.0, "J2": 0.5, "sign_rule": False}
+    assert record["method"] == "lanczos" and record["energy_per_site"] == pytest.approx(-0.455228734321, abs=1e-10)
+    code, out = run_reference(tmp_path, "--params", str(path), "--run", "j1j2", "--j2", "0")  # the flag wins
+    assert code == 0 and "J2" not in json.loads(out.read_text())["hamiltonian"]
+
+
 @pytest.mark.parametrize(
     "args, names",
     [
@@ -81,6 +106,10 @@ def test_reference_from_params_run(tmp_path):
         (["--system", "heisenberg", "--size", "6x6", "--method", "lanczos"], "size 6x6"),
         (["--system", "heisenberg", "--size", "8x8", "--literature-key", "nope"], "literature_key"),
         (["--system", "heisenberg", "--size", "4x4", "--gamma", "2"], "--gamma"),
+        (["--system", "tfim", "--size", "8", "--j2", "0.5"], "--j2"),
+        (["--system", "heisenberg", "--size", "4x4", "--j2", "inf"], "--j2"),
+        (["--system", "heisenberg", "--size", "8", "--j2", "0.5"], "square lattice"),
+        (["--system", "heisenberg", "--size", "6x6", "--j2", "0.5"], "j2 = 0.5"),
         (["--size", "8"], "--system"),
         (["--run", "missing"], "systems.missing"),
     ],

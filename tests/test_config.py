@@ -43,6 +43,9 @@ def default_params() -> dict:
     [
         (("systems", "heisenberg_4x4", "size"), "3x", "systems.heisenberg_4x4.size"),
         (("systems", "tfim_16", "gamma"), float("nan"), "systems.tfim_16.gamma"),
+        (("systems", "tfim_16", "j2"), 0.5, "systems.tfim_16.j2"),  # J2 is the Heisenberg model's
+        (("systems", "heisenberg_4x4", "j2"), float("inf"), "systems.heisenberg_4x4.j2"),
+        (("systems", "heisenberg_4x4", "j2"), "half", "systems.heisenberg_4x4.j2"),
         (("systems", "tfim_16", "system"), "ising", "systems.tfim_16.system"),
         (("train", "steps"), -5, "train.steps"),
         (("train", "optimizer"), "sgd", "train.optimizer"),

@@ -126,6 +126,11 @@ def add_system_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gamma", type=finite_float, help="TFIM transverse field Gamma (default: 1)")
     parser.add_argument("--J", dest="coupling", type=finite_float, help="coupling J (default: 1)")
     parser.add_argument(
+        "--j2",
+        type=finite_float,
+        help="Heisenberg: next-nearest-neighbour (diagonal) coupling J2 of the J1-J2 model (default: 0)",
+    )
+    parser.add_argument(
         "--sign-rule",
         action=argparse.BooleanOptionalAction,
         default=None,

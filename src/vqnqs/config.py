@@ -133,6 +133,16 @@ def _check_sections(params: dict, source: str) -> None:
                 raise ParamsError(f"{source}: bits: {err} (systems.{run})") from err
 
 
+def _check_systems(params: dict, source: str) -> None:
+    """Couplings a system does not have are refused (J2 belongs to the Heisenberg model)."""
+    for run, entry in params["systems"].items():
+        if entry.get("j2", 0.0) != 0.0 and entry["system"] != "heisenberg":
+            raise ParamsError(
+                f"{source}: {_key_path(('systems', run, 'j2'))}: only the heisenberg system has a "
+                f"next-nearest-neighbour coupling J2"
+            )
+
+
 def validate_params(params: Any, source: str = "params") -> dict:
     """Validate against the schema and the stage configs; raise :class:`ParamsError` naming the first bad key."""
     if not isinstance(params, dict):
@@ -142,6 +152,7 @@ def validate_params(params: Any, source: str = "params") -> dict:
         error = errors[0]
         raise ParamsError(f"{source}: {_key_path(error.absolute_path)}: {error.message}")
     _check_finite(params, source)
+    _check_systems(params, source)
     _check_sections(params, source)
     return params
 
@@ -168,5 +179,5 @@ def run_settings(params: dict, run: str) -> dict:
     systems = params["systems"]
     if run not in systems:
         raise ParamsError(f"systems.{run}: no such run in params (have: {', '.join(systems)})")
-    defaults = {"boundary": "open", "gamma": 1.0, "J": 1.0, "sign_rule": None}
+    defaults = {"boundary": "open", "gamma": 1.0, "J": 1.0, "j2": 0.0, "sign_rule": None}
     return {**defaults, **systems[run]}

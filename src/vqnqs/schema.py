@@ -41,6 +41,7 @@ def params_schema_document() -> dict:
             "boundary": {"enum": ["open", "periodic"]},
             "gamma": {"type": "number"},
             "J": {"type": "number"},
+            "j2": {"type": "number", "description": "Heisenberg: next-nearest-neighbour (diagonal) coupling J2"},
             "sign_rule": {"type": ["boolean", "null"]},
             **refs,
         },

@@ -14,7 +14,10 @@ from vqnqs.stages.inputs import load_reference
 # Gamma = J = 1, and for the 2x4 Heisenberg model (sign rule on).
 TFIM = [((), "system", "heisenberg"), ((), "size", "10"), ((), "boundary", "periodic"),
         (("hamiltonian",), "gamma", 3.0), (("hamiltonian",), "J", 2.0)]  # fmt: skip
-HEISENBERG = [(("hamiltonian",), "sign_rule", False), (("hamiltonian",), "J", 0.5)]
+HEISENBERG = [
+    (("hamiltonian",), "sign_rule", False),
+    (("hamiltonian",), "J", 0.5),
+]  # J2 (absent at 0): test_plain_reference_refused_for_j1j2
 
 
 def reference_record(system: str, size: str) -> dict:
@@ -48,6 +51,26 @@ def test_every_field_is_checked(tmp_path, system, size, where, field, value):
     check_reference(record, params_entry, good)  # the report's check
     with pytest.raises(ReportInputError, match=field):
         check_reference(edited(record, where, field, value), params_entry, bad)
+
+
+def test_plain_reference_refused_for_j1j2(tmp_path):
+    """A reference without J2 (the plain model, as written before J2 existed) is J2 = 0, and the other way round."""
+    plain, j1j2 = build_hamiltonian("heisenberg", "2x4"), build_hamiltonian("heisenberg", "2x4", j2=0.5)
+    for written, read, message in ((plain, j1j2, "J2 is 0.0, the trained system has 0.5"), (j1j2, plain, "J2 is 0.5")):
+        path = tmp_path / "ref.json"
+        path.write_text(json.dumps(reference_record_of(written)))
+        with pytest.raises(InputError, match=message):
+            load_reference(path, read)
+    entry = {"system": "heisenberg", "size": "2x4", "boundary": "open", "j2": 0.5}
+    with pytest.raises(ReportInputError, match="J2"):
+        check_reference(reference_record_of(plain), entry, tmp_path / "ref.json")
+    check_reference(reference_record_of(j1j2), entry, tmp_path / "ref.json")
+
+
+def reference_record_of(hamiltonian) -> dict:
+    from vqnqs.physics.reference import compute_reference
+
+    return compute_reference(hamiltonian, "auto", None, None)
 
 
 @pytest.fixture

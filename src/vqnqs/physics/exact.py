@@ -104,10 +104,15 @@ def check_lanczos_feasible(hamiltonian: Hamiltonian, memory_fraction: float = 0.
     if need is None or need > have:
         log_dim = log10_sector_dimension(n_sites, n_down)
         size = "" if need is None else f" (~{need / 2**30:.3g} GiB)"
+        j2 = hamiltonian.describe().get("J2", 0.0)
+        hint = (
+            f"and the literature table has no J1-J2 values (j2 = {j2}): no reference for it here"
+            if j2 != 0.0
+            else "use a literature reference instead (--method literature)"
+        )
         raise ValueError(
             f"size {hamiltonian.lattice.size}: exact diagonalisation needs a 10^{log_dim:.1f}-dimensional sector"
-            f"{size}, more than the {have / 2**30:.3g} GiB allowed here; "
-            f"use a literature reference instead (--method literature)"
+            f"{size}, more than the {have / 2**30:.3g} GiB allowed here; {hint}"
         )
 
 
@@ -195,11 +200,14 @@ def dense_hamiltonian(hamiltonian: Hamiltonian) -> np.ndarray:
         matrix = matrix + sum(-hamiltonian.gamma * pauli_string(n, {i: "X"}) for i in range(n))
         return np.real(np.asarray(matrix, dtype=complex))
     if isinstance(hamiltonian, Heisenberg):
-        # S_i . S_j = (X X + Y Y + Z Z) / 4
-        matrix = sum(0.25 * hamiltonian.coupling * sum(pauli_string(n, {i: p, j: p}) for p in "XYZ") for i, j in bonds)
+        # S_i . S_j = (X X + Y Y + Z Z) / 4, J1 on the nearest-neighbour bonds and J2 on the diagonal ones
+        couplings = [(hamiltonian.coupling, i, j) for i, j in bonds]
+        couplings += [(hamiltonian.j2, i, j) for i, j in hamiltonian.lattice.diagonal_bonds if hamiltonian.j2 != 0.0]
+        matrix = sum(0.25 * c * sum(pauli_string(n, {i: p, j: p}) for p in "XYZ") for c, i, j in couplings)
         matrix = np.real(np.asarray(matrix, dtype=complex))
         if hamiltonian.sign_rule:
-            # Marshall rotation U = prod_{i in sublattice 1} Z_i, diagonal with entries +-1.
+            # Marshall rotation U = prod_{i in sublattice 1} Z_i, diagonal with entries +-1: it flips the sign of
+            # the exchanges across the sublattices (nearest neighbours), not within one (diagonals).
             rotation = np.diag(pauli_string(n, {i: "Z" for i, p in enumerate(hamiltonian.lattice.sublattice) if p}))
             matrix = rotation[:, None] * matrix * rotation[None, :]
         return matrix

@@ -99,9 +99,43 @@ class Lattice:
                     found.add((min(here, there), max(here, there)))
         return tuple(sorted(found))
 
+    @cached_property
+    def diagonal_bonds(self) -> tuple[tuple[int, int], ...]:
+        """Next-nearest-neighbour (diagonal) bonds ``(i, j)`` with ``i < j``, each listed once.
+
+        Site ``(r, c)`` is joined to ``(r + 1, c + 1)`` and ``(r + 1, c - 1)``. As for :attr:`bonds`, a
+        periodic dimension wraps around only when it is longer than 2: along a dimension of length 2 the
+        wrapped neighbour is the open one, so a bond is never doubled (a 2 x W periodic lattice has the
+        diagonals of a 2-row strip, periodic along W only). A chain has none.
+        """
+        if len(self.shape) == 1:
+            return ()
+        rows, cols = self._grid
+
+        def step(pos: int, delta: int, extent: int) -> int | None:
+            moved = pos + delta
+            if 0 <= moved < extent:
+                return moved
+            return moved % extent if self.periodic and extent > 2 else None
+
+        found: set[tuple[int, int]] = set()
+        for r in range(rows):
+            for c in range(cols):
+                for dc in (1, -1):
+                    r2, c2 = step(r, 1, rows), step(c, dc, cols)
+                    if r2 is None or c2 is None:
+                        continue
+                    here, there = r * cols + c, r2 * cols + c2
+                    found.add((min(here, there), max(here, there)))
+        return tuple(sorted(found))
+
     def bond_tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
         """Bonds as a ``(n_bonds, 2)`` int64 tensor."""
         return torch.tensor(self.bonds, dtype=torch.int64, device=device).reshape(-1, 2)
+
+    def diagonal_bond_tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """Diagonal bonds as a ``(n_diagonal_bonds, 2)`` int64 tensor."""
+        return torch.tensor(self.diagonal_bonds, dtype=torch.int64, device=device).reshape(-1, 2)
 
     @cached_property
     def sublattice(self) -> tuple[int, ...]:

@@ -4,7 +4,9 @@ Routes, by ``method``:
 
 - ``free_fermions``: open TFIM chains, any N and couplings.
 - ``lanczos``: sparse ED in the ground state's sector (Heisenberg up to ~26 spins, periodic TFIM
-  up to ~24), refused before any work when it would not fit in memory.
+  up to ~24), refused before any work when it would not fit in memory. The only route for the J1-J2
+  model (``J2 != 0``): the literature table holds ``J2 = 0`` values only, so a J1-J2 lattice beyond
+  exact diagonalisation has no reference and is refused with an error naming its size and ``j2``.
 - ``literature``: a row of ``data/reference/literature.csv``. Several rows may exist for one
   lattice (the paper's Table 1 values and independent ones). ``literature_key`` picks one; the
   default, ``best``, takes the first key of :data:`BEST_LITERATURE_KEYS` the lattice has: exact
@@ -79,7 +81,24 @@ def find_literature(
 
 
 def _couplings_are_literature_defaults(hamiltonian: Hamiltonian) -> bool:
-    return hamiltonian.describe().get("J", 1.0) == 1.0 and not isinstance(hamiltonian, TransverseFieldIsing)
+    """The literature table holds the plain Heisenberg antiferromagnet only: J = 1, J2 = 0."""
+    described = hamiltonian.describe()
+    return (
+        described.get("J", 1.0) == 1.0
+        and described.get("J2", 0.0) == 0.0
+        and not isinstance(hamiltonian, TransverseFieldIsing)
+    )
+
+
+def _no_literature(hamiltonian: Hamiltonian) -> str:
+    """Why the literature cannot stand in for this Hamiltonian (its couplings are not the table's)."""
+    j2 = hamiltonian.describe().get("J2", 0.0)
+    if j2 != 0.0:
+        return (
+            f"the table has no J1-J2 values (j2 = {j2}, size {hamiltonian.lattice.size}); their reference is exact "
+            f"diagonalisation (--method lanczos) where it is tractable"
+        )
+    return "the table holds Heisenberg values at J = 1 (and J2 = 0) only"
 
 
 def plan_method(
@@ -99,7 +118,7 @@ def plan_method(
         check_lanczos_feasible(hamiltonian)
     if method == "literature":
         if not _couplings_are_literature_defaults(hamiltonian):
-            raise ValueError("method 'literature': the table holds Heisenberg values at J = 1 only")
+            raise ValueError(f"method 'literature': {_no_literature(hamiltonian)}")
         if find_literature(hamiltonian, literature_key, literature_path) is None:
             raise ValueError(
                 f"method 'literature': no row for {hamiltonian.system} {lattice.size} {lattice.boundary} "

@@ -91,11 +91,12 @@ def read_csv(path: Path) -> pd.DataFrame:
 
 
 def check_reference(record: dict, system: dict, path: Path) -> None:
-    """The reference must be of the params' Hamiltonian: system, size, boundary, Gamma (TFIM), J, sign rule."""
+    """The reference must be of the params' Hamiltonian: system, size, boundary, Gamma (TFIM), J, J2, sign rule."""
     stored = record.get("hamiltonian") if isinstance(record.get("hamiltonian"), dict) else {}
     expected = {"system": system["system"], "size": system["size"], "boundary": system.get("boundary", "open")}
     found = {key: record.get(key) for key in expected}
     expected["J"], found["J"] = float(system.get("J", 1.0)), stored.get("J")
+    expected["J2"], found["J2"] = float(system.get("j2", 0.0)), stored.get("J2", 0.0)  # absent: the plain model
     if system["system"] == "tfim":
         expected["gamma"], found["gamma"] = float(system.get("gamma", 1.0)), stored.get("gamma")
     if system.get("sign_rule") is not None:

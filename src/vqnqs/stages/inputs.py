@@ -13,7 +13,7 @@ from pathlib import Path
 
 from vqnqs.io import InputError, read_json
 from vqnqs.models import AutoregressiveTransformer, VQTransformer
-from vqnqs.physics.hamiltonian import Hamiltonian
+from vqnqs.physics.hamiltonian import Hamiltonian, with_description_defaults
 from vqnqs.vmc.checkpoint import CheckpointError, load_model
 
 MODEL_FILE = "model.pt"
@@ -50,8 +50,8 @@ def load_reference(path: str | Path, hamiltonian: Hamiltonian) -> float:
     for key, value in {"system": hamiltonian.system, "size": lattice.size, "boundary": lattice.boundary}.items():
         if record.get(key) != value:
             raise InputError(f"reference {path}: {key} is {record.get(key)!r}, the trained system has {value!r}")
-    stored = record.get("hamiltonian") if isinstance(record.get("hamiltonian"), dict) else {}
-    for key, value in hamiltonian.describe().items():
+    stored = with_description_defaults(record.get("hamiltonian") if isinstance(record.get("hamiltonian"), dict) else {})
+    for key, value in with_description_defaults(hamiltonian.describe()).items():
         if stored.get(key) != value:
             raise InputError(f"reference {path}: {key} is {stored.get(key)!r}, the trained system has {value!r}")
     energy = finite_number(record, "energy_per_site")
@@ -71,6 +71,7 @@ def system_from_info(info: dict, source: str) -> dict:
         "boundary": info.get("boundary", "open"),
         "gamma": info.get("gamma"),
         "J": info.get("J", 1.0),
+        "j2": info.get("J2", 0.0),
         "sign_rule": info.get("sign_rule"),
     }
 
@@ -92,7 +93,8 @@ def check_model_fits(
 ) -> None:
     """The model must describe ``hamiltonian``'s lattice and, where its info says, the same system (with
     ``any_size``, the same system on a lattice of any size and the same dimension)."""
-    for key, value in system_info(hamiltonian).items():
+    info = with_description_defaults(info)  # a model of the plain Heisenberg model has no J2 in its info
+    for key, value in with_description_defaults(system_info(hamiltonian)).items():
         if key in info and info[key] != value and not (any_size and key in ("size", "n_sites")):
             raise InputError(f"{path}: trained for {key} {info[key]!r}, this run has {value!r}")
     shape, expected = tuple(model.config.lattice_shape), tuple(hamiltonian.lattice.shape)

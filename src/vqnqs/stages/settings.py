@@ -21,7 +21,7 @@ from vqnqs.stages.config import resolve_device
 from vqnqs.tracking import Run
 from vqnqs.vmc.local_energy import check_chunk_fits
 
-SYSTEM_KEYS = ("system", "size", "boundary", "gamma", "J", "sign_rule")
+SYSTEM_KEYS = ("system", "size", "boundary", "gamma", "J", "j2", "sign_rule")
 
 
 class UsageError(ValueError):
@@ -31,7 +31,7 @@ class UsageError(ValueError):
 def resolve_system(args: argparse.Namespace) -> tuple[dict, dict]:
     """Merge explicit flags over the ``--run`` entry; returns (system settings, whole params or {})."""
     params: dict = {}
-    settings: dict[str, Any] = {"boundary": "open", "gamma": None, "J": 1.0, "sign_rule": None}
+    settings: dict[str, Any] = {"boundary": "open", "gamma": None, "J": 1.0, "j2": 0.0, "sign_rule": None}
     if args.run is not None:
         params = load_params(args.params)
         settings = run_settings(params, args.run)
@@ -43,6 +43,7 @@ def resolve_system(args: argparse.Namespace) -> tuple[dict, dict]:
         "boundary": args.boundary,
         "gamma": args.gamma,
         "J": args.coupling,
+        "j2": args.j2,
         "sign_rule": args.sign_rule,
     }
     settings.update({key: value for key, value in explicit.items() if value is not None})
@@ -51,6 +52,8 @@ def resolve_system(args: argparse.Namespace) -> tuple[dict, dict]:
             raise UsageError(f"argument --{key}: required (or take it from the params file with --run KEY)")
     if settings["system"] != "tfim" and settings["gamma"] not in (None, 1.0):
         raise UsageError("argument --gamma: only the tfim system has a transverse field")
+    if settings["system"] != "heisenberg" and settings["j2"] not in (None, 0.0):
+        raise UsageError("argument --j2: only the heisenberg system has a next-nearest-neighbour coupling J2")
     return settings, params
 
 
@@ -62,6 +65,7 @@ def hamiltonian_from(settings: dict) -> Hamiltonian:
         gamma=1.0 if settings["gamma"] is None else settings["gamma"],
         coupling=settings["J"],
         sign_rule=settings["sign_rule"],
+        j2=settings.get("j2") or 0.0,
     )
 
 
