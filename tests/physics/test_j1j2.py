@@ -147,10 +147,19 @@ def test_reference_of_j1j2_is_lanczos_and_records_j2():
 
 @pytest.mark.parametrize("method", ["auto", "literature", "lanczos"])
 def test_large_j1j2_has_no_reference(method):
-    """Beyond exact diagonalisation there is no J1-J2 value (the literature table is J2 = 0 only)."""
+    """Beyond exact diagonalisation a J1-J2 lattice the literature table lacks (6x6 OPEN at J2 = 0.5) has no value."""
     with pytest.raises(ValueError, match=r"j2 = 0\.5") as refused:
         plan_method(build_hamiltonian("heisenberg", "6x6", j2=0.5), method)
     assert "6x6" in str(refused.value)
+
+
+def test_6x6_periodic_j1j2_takes_its_literature_row():
+    """The one J1-J2 row of the table: Schulz et al.'s ED of the 6x6 torus at J2 = 0.5; J2 = 0.4 has none."""
+    assert plan_method(build_hamiltonian("heisenberg", "6x6", "periodic", j2=0.5)) == "literature"
+    record = compute_reference(build_hamiltonian("heisenberg", "6x6", "periodic", j2=0.5))
+    assert record["energy_per_site"] == -0.503810 and record["hamiltonian"]["J2"] == 0.5
+    with pytest.raises(ValueError, match=r"j2 = 0\.4"):
+        plan_method(build_hamiltonian("heisenberg", "6x6", "periodic", j2=0.4))
 
 
 @pytest.mark.parametrize(

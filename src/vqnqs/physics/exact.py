@@ -106,7 +106,7 @@ def check_lanczos_feasible(hamiltonian: Hamiltonian, memory_fraction: float = 0.
         size = "" if need is None else f" (~{need / 2**30:.3g} GiB)"
         j2 = hamiltonian.describe().get("J2", 0.0)
         hint = (
-            f"and the literature table has no J1-J2 values (j2 = {j2}): no reference for it here"
+            f"and a literature reference needs a row for j2 = {j2} in the table (--method literature)"
             if j2 != 0.0
             else "use a literature reference instead (--method literature)"
         )

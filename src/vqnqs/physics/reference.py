@@ -4,9 +4,10 @@ Routes, by ``method``:
 
 - ``free_fermions``: open TFIM chains, any N and couplings.
 - ``lanczos``: sparse ED in the ground state's sector (Heisenberg up to ~26 spins, periodic TFIM
-  up to ~24), refused before any work when it would not fit in memory. The only route for the J1-J2
-  model (``J2 != 0``): the literature table holds ``J2 = 0`` values only, so a J1-J2 lattice beyond
-  exact diagonalisation has no reference and is refused with an error naming its size and ``j2``.
+  up to ~24), refused before any work when it would not fit in memory. For the J1-J2 model
+  (``J2 != 0``) the literature table has a row only where it names that ``j2`` (6x6 periodic at
+  J2 = 0.5, Schulz et al.'s ED); any other J1-J2 lattice beyond exact diagonalisation is refused with an
+  error naming its size and ``j2``.
 - ``literature``: a row of ``data/reference/literature.csv``. Several rows may exist for one
   lattice (the paper's Table 1 values and independent ones). ``literature_key`` picks one; the
   default, ``best``, takes the first key of :data:`BEST_LITERATURE_KEYS` the lattice has: exact
@@ -38,7 +39,7 @@ DEFAULT_LITERATURE_KEY = "best"  # the first of BEST_LITERATURE_KEYS the lattice
 # to 1.7e-5 relative at 10x10, more than the statistical error of a good run).
 BEST_LITERATURE_KEYS = ("exact", "sandvik2026", "paper")
 DEFAULT_LITERATURE_PATH = Path("data/reference/literature.csv")
-LITERATURE_COLUMNS = ("system", "size", "boundary", "key", "energy_per_site", "uncertainty", "method", "source")
+LITERATURE_COLUMNS = ("system", "size", "boundary", "key", "energy_per_site", "uncertainty", "method", "source", "j2")
 
 
 def read_literature(path: str | Path = DEFAULT_LITERATURE_PATH) -> list[dict]:
@@ -52,7 +53,7 @@ def read_literature(path: str | Path = DEFAULT_LITERATURE_PATH) -> list[dict]:
         missing = [c for c in LITERATURE_COLUMNS if not row.get(c)]
         if missing:
             raise ValueError(f"literature {path}: row {number} lacks {', '.join(missing)}")
-        for column in ("energy_per_site", "uncertainty"):
+        for column in ("energy_per_site", "uncertainty", "j2"):
             row[column] = float(row[column])
     return rows
 
@@ -66,7 +67,10 @@ def find_literature(
     matches = [
         row
         for row in read_literature(path)
-        if row["system"] == hamiltonian.system and row["size"] == lattice.size and row["boundary"] == lattice.boundary
+        if row["system"] == hamiltonian.system
+        and row["size"] == lattice.size
+        and row["boundary"] == lattice.boundary
+        and row["j2"] == hamiltonian.describe().get("J2", 0.0)
     ]
     by_key = {row["key"]: row for row in matches}
     wanted = key or DEFAULT_LITERATURE_KEY
@@ -81,13 +85,14 @@ def find_literature(
 
 
 def _couplings_are_literature_defaults(hamiltonian: Hamiltonian) -> bool:
-    """The literature table holds the plain Heisenberg antiferromagnet only: J = 1, J2 = 0."""
-    described = hamiltonian.describe()
-    return (
-        described.get("J", 1.0) == 1.0
-        and described.get("J2", 0.0) == 0.0
-        and not isinstance(hamiltonian, TransverseFieldIsing)
-    )
+    """The literature table holds Heisenberg (J1-J2) values at J = J1 = 1, each row for its own ``j2``."""
+    return hamiltonian.describe().get("J", 1.0) == 1.0 and not isinstance(hamiltonian, TransverseFieldIsing)
+
+
+def _at_j2(hamiltonian: Hamiltonian) -> str:
+    """`` at j2 = 0.5`` for a J1-J2 model, empty at J2 = 0."""
+    j2 = hamiltonian.describe().get("J2", 0.0)
+    return f" at j2 = {j2}" if j2 else ""
 
 
 def _no_literature(hamiltonian: Hamiltonian) -> str:
@@ -95,10 +100,10 @@ def _no_literature(hamiltonian: Hamiltonian) -> str:
     j2 = hamiltonian.describe().get("J2", 0.0)
     if j2 != 0.0:
         return (
-            f"the table has no J1-J2 values (j2 = {j2}, size {hamiltonian.lattice.size}); their reference is exact "
+            f"the table has no J1-J2 row for j2 = {j2}, size {hamiltonian.lattice.size}; the reference is exact "
             f"diagonalisation (--method lanczos) where it is tractable"
         )
-    return "the table holds Heisenberg values at J = 1 (and J2 = 0) only"
+    return "the table holds Heisenberg values at J = 1 only"
 
 
 def plan_method(
@@ -121,8 +126,8 @@ def plan_method(
             raise ValueError(f"method 'literature': {_no_literature(hamiltonian)}")
         if find_literature(hamiltonian, literature_key, literature_path) is None:
             raise ValueError(
-                f"method 'literature': no row for {hamiltonian.system} {lattice.size} {lattice.boundary} "
-                f"in {literature_path}"
+                f"method 'literature': no row for {hamiltonian.system} {lattice.size} {lattice.boundary}"
+                f"{_at_j2(hamiltonian)} in {literature_path}"
             )
     if method != "auto":
         return method
