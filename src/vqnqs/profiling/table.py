@@ -181,7 +181,10 @@ def component_rows(row: dict, flops: FlopProfile) -> list[dict]:
                 "savings": dense / dedup if dedup > 0 else (None if dense == 0 else math.inf),
                 "flops_dedup_no_prefix_per_sample": paths["dedup_no_prefix"],
                 "flops_incremental_per_sample": paths["incremental"],
-                **{f"flops_phase_{path}_per_sample": phase[component][path] if phase else None for path in PATHS},
+                **{
+                    f"flops_phase_{path}_per_sample": phase[component][path] if phase is not None else None
+                    for path in PATHS
+                },
             }
         )
     assert [r["component"] for r in rows] == list(COMPONENTS)
