@@ -7,12 +7,13 @@ import pytest
 
 from vqnqs.cli import main
 from vqnqs.io import InputError as ProfileInputError
+from vqnqs.physics.hamiltonian import build_hamiltonian
 from vqnqs.profiling.table import COMPONENT_COLUMNS, CONTRACT_COLUMNS, components_path
 from vqnqs.profiling.timing import time_local_energy
 from vqnqs.stages.config import ProfileConfig
-from vqnqs.stages.profile import run_profile_stage
+from vqnqs.stages.profile import run_profile_stage, summary_line
 
-from ..profiling.conftest import tiny_vq
+from ..profiling.conftest import tiny_baseline, tiny_vq, write_model_dir
 
 QUICK = {"batch": 8, "n_batches": 2, "repeats": 1, "warmup": 0, "device": "cpu", "timing_devices": ["cpu"]}
 SYSTEM = {"system": "tfim", "size": "8"}
@@ -64,6 +65,34 @@ def test_stage_writes_the_contract_columns(model_dirs, tmp_path):
     by_name = {(c["model"], c["component"]): c for c in components}
     assert float(by_name[("vq-nqs", "quantizer_distances")]["flops_dense_per_sample"]) > 0
     assert float(by_name[("baseline", "quantizer_distances")]["flops_dense_per_sample"]) == 0
+    # No phase network: its columns are blank, not zero.
+    assert all(row[f"flops_phase_{path}_per_sample"] == "" for row in rows for path in ("dense", "dedup"))
+    assert all(c[column] == "" for c in components for column in COMPONENT_COLUMNS if "phase" in column)
+
+
+def test_stage_counts_the_phase_network_apart(tmp_path, capsys):
+    """Models with a phase network: its FLOPs alone, per model and per component, within the totals."""
+    hamiltonian = build_hamiltonian("tfim", "8")
+    baseline = tiny_baseline(n_blocks=1, seed=1, phase_blocks=1)
+    student = tiny_vq(n_blocks=1, heads=2, codes=4, seed=2, phase_blocks=1)
+    write_model_dir(tmp_path / "train", baseline, hamiltonian, {"energy_per_site": -1.2, "steps": 1})
+    write_model_dir(tmp_path / "distill", student, hamiltonian, {"energy_per_site": -1.1, "bits": 4, "steps": 1})
+    out = tmp_path / "bits4.csv"
+    result = run_profile_stage(
+        tmp_path / "distill", tmp_path / "train", out, hamiltonian, SYSTEM, ProfileConfig(**QUICK)
+    )
+    rows, components = read_csv(out), read_csv(components_path(out))
+    assert len(components) == 24  # the same component rows as without a phase network
+    for row in rows:
+        assert row["phase_blocks"] == "1"
+        dense, dedup = (float(row[f"flops_phase_{path}_per_sample"]) for path in ("dense", "dedup"))
+        assert 0 < dedup < dense < float(row["flops_dense_per_sample"])
+        mine = [c for c in components if c["model"] == row["model"]]
+        for path, total in (("dense", dense), ("dedup", dedup)):
+            assert sum(float(c[f"flops_phase_{path}_per_sample"]) for c in mine) == pytest.approx(total)
+        assert all(float(c["flops_phase_dense_per_sample"]) <= float(c["flops_dense_per_sample"]) for c in mine)
+    line = summary_line(result).splitlines()[1]
+    assert f"(phase network: {float(rows[1]['flops_phase_dense_per_sample']):.3g} -> " in line
 
 
 def test_missing_inputs_name_the_file(model_dirs, tmp_path):

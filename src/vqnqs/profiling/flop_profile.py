@@ -11,6 +11,10 @@ engine deduplicates the per-location ops only. Both are counted, through the eng
 location), whose ratios (``total_savings_no_prefix``) are the like-for-like comparison with the paper's
 numbers. The quantised ops run once per distinct key either way, so ``quantized_ops_savings`` does not
 depend on prefix reuse.
+
+The phase network alone (:mod:`vqnqs.models.phase`): its FLOPs are the cells of its layers (``phase_embed``,
+``phase_block{i}``, ``phase_output``; :func:`is_phase`), so ``phase(path) = sum_{cell in phase layers}
+FLOPs_path(cell)`` per sample; the totals above count both networks.
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ from vqnqs.profiling.quantized import quantized_cells
 
 # The counted paths: the dense forward, the dedup engine (with and without prefix reuse), the incremental engine.
 PATHS = ("dense", "dedup", "dedup_no_prefix", "incremental")
+PHASE_PREFIX = "phase_"  # the layers of the phase network (PhaseNetwork.components)
+
+
+def is_phase(cell: Cell) -> bool:
+    """Whether a ``(layer, group)`` cell is the phase network's (its layer starts with ``phase_``)."""
+    return cell[0].startswith(PHASE_PREFIX)
 
 
 def layer_names(model: AutoregressiveTransformer) -> list[str]:
@@ -117,6 +127,10 @@ class FlopProfile:
     def total_savings_incremental(self) -> float:
         return savings(self.flops_dense_per_sample, self.flops_incremental_per_sample)
 
+    def phase(self, path: str) -> float:
+        """FLOPs per sample of the phase network alone on ``path`` (one of :data:`PATHS`): its cells summed."""
+        return sum(flops for cell, flops in getattr(self, path).items() if is_phase(cell))
+
     def unique_fraction(self) -> dict[str, float]:
         """``unique rows / locations`` after each engine stage (1 = no reuse)."""
         return {name: self.unique_rows[name] / max(self.locations[name], 1) for name in self.unique_rows}
@@ -125,12 +139,14 @@ class FlopProfile:
         """``{component: (dense, dedup)}`` FLOPs per sample, every component of :data:`COMPONENTS` present."""
         return {name: (paths["dense"], paths["dedup"]) for name, paths in self.by_component_all_paths().items()}
 
-    def by_component_all_paths(self) -> dict[str, dict[str, float]]:
-        """``{component: {path: FLOPs per sample}}`` over :data:`PATHS`, every component of :data:`COMPONENTS`."""
+    def by_component_all_paths(self, phase_only: bool = False) -> dict[str, dict[str, float]]:
+        """``{component: {path: FLOPs per sample}}`` over :data:`PATHS`, every component of :data:`COMPONENTS`;
+        ``phase_only``: the phase network's cells only (:func:`is_phase`)."""
         out = {name: dict.fromkeys(PATHS, 0.0) for name in COMPONENTS}
         for path in PATHS:
-            for (_, group), flops in getattr(self, path).items():
-                out[COMPONENT_OF_GROUP[group]][path] += flops
+            for cell, flops in getattr(self, path).items():
+                if is_phase(cell) or not phase_only:
+                    out[COMPONENT_OF_GROUP[cell[1]]][path] += flops
         return out
 
     def by_layer_component(self) -> dict[tuple[str, str], tuple[float, float]]:

@@ -3,6 +3,11 @@
 :func:`profile_row` turns a model's :class:`~vqnqs.profiling.flops.FlopProfile` and timings into a row of
 ``OUT.csv`` (energies and relative errors read from the model dir's ``metrics.json``, never recomputed);
 :func:`component_rows` gives its FLOPs per sample per component for ``OUT_components.csv``.
+
+Both networks: every FLOP column counts the autoregressive network and the phase network together; the phase
+network alone is in ``flops_phase_{dense,dedup}_per_sample`` of ``OUT.csv`` and, per component and path, in
+``flops_phase_<path>_per_sample`` of ``OUT_components.csv`` (a share of the row's ``flops_<path>_per_sample``;
+blank for a model without a phase network).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import torch
 from vqnqs.io import atomic_open
 from vqnqs.models.transformer import AutoregressiveTransformer
 from vqnqs.models.vq import VQTransformer
-from vqnqs.profiling.flop_profile import FlopProfile, layer_names
+from vqnqs.profiling.flop_profile import PATHS, FlopProfile, layer_names
 from vqnqs.profiling.flops import COMPONENTS
 from vqnqs.profiling.quantized import model_bits
 from vqnqs.profiling.timing import Timing
@@ -59,6 +64,7 @@ COMPONENT_COLUMNS = (
     "savings",
     "flops_dedup_no_prefix_per_sample",
     "flops_incremental_per_sample",
+    *(f"flops_phase_{path}_per_sample" for path in PATHS),
 )
 
 
@@ -86,6 +92,7 @@ def profile_row(
         rel_error = relative_error(energy, reference)
     first = next(iter(timings.values()), None)
     quantized = isinstance(model, VQTransformer)  # a model without quantisers has no quantised ops to count
+    phase = model.phase is not None  # a model without a phase network has no phase FLOPs to count
     row: dict[str, Any] = {
         "system": system["system"],
         "size": system["size"],
@@ -106,6 +113,8 @@ def profile_row(
         "total_savings_no_prefix": flops.total_savings_no_prefix,
         "flops_dense_per_sample": flops.flops_dense_per_sample,
         "flops_dedup_per_sample": flops.flops_dedup_per_sample,
+        "flops_phase_dense_per_sample": flops.phase("dense") if phase else None,
+        "flops_phase_dedup_per_sample": flops.phase("dedup") if phase else None,
         "flops_incremental": flops.batch * flops.flops_incremental_per_sample,
         "total_savings_incremental": flops.total_savings_incremental,
         "flops_incremental_per_sample": flops.flops_incremental_per_sample,
@@ -121,6 +130,7 @@ def profile_row(
         "n_heads": model.config.n_heads,
         "n_blocks": model.config.n_blocks,
         "d_ff": model.config.d_ff,
+        "phase_blocks": model.config.phase_blocks,
         "vq_heads": model.vq_config.heads if isinstance(model, VQTransformer) else 0,
         "vq_codes": model.vq_config.codes if isinstance(model, VQTransformer) else 0,
         "n_params": model.n_params,
@@ -152,8 +162,10 @@ def profile_row(
 
 
 def component_rows(row: dict, flops: FlopProfile) -> list[dict]:
-    """The per-component rows of one model (every component of :data:`COMPONENTS`, zeros included)."""
+    """The per-component rows of one model (every component of :data:`COMPONENTS`, zeros included), each with
+    the phase network's share per path (blank without a phase network, ``row["phase_blocks"] == 0``)."""
     rows = []
+    phase = flops.by_component_all_paths(phase_only=True) if row["phase_blocks"] else None
     for component, paths in flops.by_component_all_paths().items():
         dense, dedup = paths["dense"], paths["dedup"]
         rows.append(
@@ -169,6 +181,10 @@ def component_rows(row: dict, flops: FlopProfile) -> list[dict]:
                 "savings": dense / dedup if dedup > 0 else (None if dense == 0 else math.inf),
                 "flops_dedup_no_prefix_per_sample": paths["dedup_no_prefix"],
                 "flops_incremental_per_sample": paths["incremental"],
+                **{
+                    f"flops_phase_{path}_per_sample": phase[component][path] if phase is not None else None
+                    for path in PATHS
+                },
             }
         )
     assert [r["component"] for r in rows] == list(COMPONENTS)

@@ -6,6 +6,7 @@ its teacher (the baseline's). For each of the two models, on batches of exact sa
 - FLOPs of the local energy (all valid connected configurations of the batch's distinct samples) on the
   dense path and through the dedup engine, with and without prefix reuse, by component, averaged over
   ``n_batches`` (:func:`vqnqs.profiling.flop_profile.profile_flops`): the paper's Table 1 savings;
+- of these, the phase network's FLOPs alone (``flops_phase_*``), for a model with one;
 - the engine's unique-row fraction after each stage;
 - wall-clock of both paths on the first batch (:mod:`vqnqs.profiling.timing`), on each timing device.
 
@@ -127,17 +128,22 @@ def run_profile_stage(
 
 
 def summary_line(result: ProfileResult) -> str:
-    """One line per model for the terminal."""
+    """One line per model for the terminal (with the phase network's share when the model has one)."""
     lines = []
     for row in result.rows:
-        time, quantized = "", ""
+        time, quantized, phase = "", "", ""
+        if row.get("flops_phase_dense_per_sample") is not None:
+            phase = (
+                f" (phase network: {row['flops_phase_dense_per_sample']:.3g} -> "
+                f"{row['flops_phase_dedup_per_sample']:.3g} FLOPs/sample)"
+            )
         if row.get("quantized_ops_savings") is not None:
             quantized = f", quantised ops x{row['quantized_ops_savings']:.2f}"
         if row.get("time_dense_s") is not None:
             time = f", time {row['time_dense_s']:.3g} s -> {row['time_dedup_s']:.3g} s (x{row['time_speedup']:.2f})"
         lines.append(
             f"{row['system']} {row['size']} {row['model']} ({row['bits']} bits): FLOPs/sample "
-            f"{row['flops_dense_per_sample']:.3g} -> {row['flops_dedup_per_sample']:.3g}, total savings "
+            f"{row['flops_dense_per_sample']:.3g} -> {row['flops_dedup_per_sample']:.3g}{phase}, total savings "
             f"x{row['total_savings']:.2f} (x{row['total_savings_no_prefix']:.2f} without prefix reuse)"
             f"{quantized}{time}"
         )
