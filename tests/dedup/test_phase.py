@@ -36,7 +36,13 @@ def phase_cases(draw):
     vq = draw(st.sampled_from([None, VQConfig(heads=1, codes=3), VQConfig(heads=2, codes=8)]))
     if vq is not None and config.n_heads % vq.heads:
         vq = VQConfig(heads=config.n_heads, codes=vq.codes)
-    return config, vq, draw(st.sampled_from(["heisenberg", "tfim"])), draw(st.integers(1, 5)), draw(st.integers(0, 2**31))
+    return (
+        config,
+        vq,
+        draw(st.sampled_from(["heisenberg", "tfim"])),
+        draw(st.integers(1, 5)),
+        draw(st.integers(0, 2**31)),
+    )
 
 
 def phase_code_tuples(model, run) -> list[set[tuple[int, ...]]]:
