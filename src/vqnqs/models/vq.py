@@ -370,9 +370,9 @@ def codebook_upkeep(model: AutoregressiveTransformer, s: Tensor) -> None:
     """One codebook-upkeep step of every :class:`VectorQuantizer` of ``model`` on configurations ``s (B, N)``.
 
     Runs one forward pass of ``model.log_prob(s)`` (and of the phase network) without gradients in which each
-    quantiser, block after block, replaces its output by :meth:`VectorQuantizer.upkeep` of its input: it updates its codebook
-    (initialisation once, then dead-code re-seeding), records the usage of the codes it assigns, and hands
-    the value of the updated codebook to the next block. A training step calls it once, before its own
+    quantiser, block after block, replaces its output by :meth:`VectorQuantizer.upkeep` of its input: it updates
+    its codebook (initialisation once, then dead-code re-seeding), records the usage of the codes it assigns, and
+    hands the value of the updated codebook to the next block. A training step calls it once, before its own
     (pure) forward on the same ``s``, which then assigns exactly the codes recorded here. Consumes the
     global RNG (k-means++ seeding, re-seeding) as the quantisers need. No-op for a model without quantisers.
     """
