@@ -22,7 +22,9 @@ PROFILE_BATCH = (
 
 # Table 1's columns in order, each with what it holds.
 TABLE1_COLUMNS: dict[str, str] = {
-    "system": "Hamiltonian: tfim (open chain) or heisenberg (open square lattice, S.S units)",
+    "system": "Hamiltonian: tfim (open chain), heisenberg (open square lattice, S.S units, Marshall's sign rule) or "
+    "what differs from it: j1j2 J2=<J2/J1> (next-nearest couplings), periodic, no-sign-rule (a phase network "
+    "learns the signs)",
     "size": "N for a chain, LxW for a square lattice",
     "model": "baseline: the transformer trained by VMC; vq-nqs: its distilled VQ student",
     "bits": "the student's bandwidth in bits per location (0: no quantisers)",

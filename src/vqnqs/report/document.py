@@ -33,16 +33,31 @@ PAPER_TABLE_PATH = Path("data/reference/paper_table1.csv")
 # --- tables ---------------------------------------------------------------------------------------
 
 
+def system_label(entry: dict) -> str:
+    """A run's Hamiltonian in the tables' ``system`` column: ``tfim``, ``heisenberg`` (open, Marshall's sign rule:
+    the paper's), else what differs from it, e.g. ``j1j2 J2=0.5 periodic no-sign-rule``."""
+    if entry["system"] != "heisenberg":
+        return entry["system"]
+    j2 = float(entry.get("j2") or 0.0)
+    label = f"j1j2 J2={j2:g}" if j2 else "heisenberg"
+    if entry.get("boundary", "open") != "open":
+        label += f" {entry['boundary']}"
+    if entry.get("sign_rule") is False:
+        label += " no-sign-rule"
+    return label
+
+
 def collect_tables(inputs: ReportInputs, params: dict) -> dict[str, pd.DataFrame]:
-    """Every table the report draws from, one DataFrame each."""
+    """Every table the report draws from, one DataFrame each; ``system`` is the run's :func:`system_label`."""
     table1, components, curves, references = [], [], [], []
     for run in inputs.runs:
         system = params["systems"][run]
+        label = system_label(system)
         reference = read_json(inputs.reference(run))
         references.append(
             {
                 "run": run,
-                "system": system["system"],
+                "system": label,
                 "size": system["size"],
                 "reference_per_site": reference["energy_per_site"],
                 "uncertainty_per_site": reference["uncertainty_per_site"],
@@ -54,11 +69,11 @@ def collect_tables(inputs: ReportInputs, params: dict) -> dict[str, pd.DataFrame
         history = read_csv(inputs.train_dir(run) / "history.csv").assign(run=run)
         curves.append(history)
         for bits in inputs.bits:
-            rows = read_csv(inputs.profile(run, bits)).assign(run=run)
+            rows = read_csv(inputs.profile(run, bits)).assign(run=run, system=label)
             student = read_json(inputs.distill_dir(run, bits) / "metrics.json")
             rows["distill_rel_error"] = student.get("rel_error", math.nan)
             table1.append(rows)
-            components.append(read_csv(inputs.components(run, bits)).assign(run=run))
+            components.append(read_csv(inputs.components(run, bits)).assign(run=run, system=label))
     table1_df = pd.concat(table1, ignore_index=True)
     # The baseline appears once per bandwidth's profile: keep one row per (run, model, bits).
     table1_df = table1_df.drop_duplicates(subset=["run", "model", "bits"]).reset_index(drop=True)
