@@ -327,6 +327,7 @@ def run_profile(args: argparse.Namespace) -> None:
         )
         keys = ("total_savings", "quantized_ops_savings", "flops_dense_per_sample", "flops_dedup_per_sample")
         keys += ("total_savings_no_prefix", "time_dense_s", "time_dedup_s", "time_speedup")
+        keys += ("flops_phase_dense_per_sample", "flops_phase_dedup_per_sample")  # None without a phase network
         for row, model_dir in zip(result.rows, (args.baseline, args.model_dir), strict=True):
             # linked to the profiled model's own MLflow logged model (its stage's metrics.json names it)
             model_id = read_json(Path(model_dir) / "metrics.json").get("mlflow_model_id")

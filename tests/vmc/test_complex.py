@@ -120,11 +120,14 @@ def exact_ground_state_log_psi(hamiltonian, n_down: int | None):
     return log_psi, float(energies[0])
 
 
-@pytest.mark.parametrize("size, boundary", [("2x3", "open"), ("2x4", "open"), ("3x3", "periodic")])
-def test_zero_variance_of_the_exact_ground_state_with_its_phase(size, boundary):
+@pytest.mark.parametrize(
+    "size, boundary, j2",
+    [("2x3", "open", 0.0), ("3x3", "periodic", 0.0), ("2x4", "open", 0.5), ("2x4", "periodic", 0.5)],
+)
+def test_zero_variance_of_the_exact_ground_state_with_its_phase(size, boundary, j2):
     """E_loc(s) = E_0 on every configuration of the exact ground state's support: its signs are not Marshall's
-    here (no sign rule; 3x3 periodic is frustrated), so the phase is what makes the variance vanish."""
-    hamiltonian = build_hamiltonian("heisenberg", size, boundary, sign_rule=False)
+    here (no sign rule; 3x3 periodic and J1-J2 are frustrated), so the phase is what makes the variance vanish."""
+    hamiltonian = build_hamiltonian("heisenberg", size, boundary, sign_rule=False, j2=j2)
     n_down = hamiltonian.n_sites // 2
     log_psi, e0 = exact_ground_state_log_psi(hamiltonian, n_down)
     configs = all_configurations(hamiltonian.n_sites, n_down)
