@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from tests.vmc.conftest import one_thread  # noqa: F401  (autouse: tiny models, one thread)
 from vqnqs.models import AutoregressiveTransformer, TransformerConfig, VQConfig, from_teacher, make_vq_model
 from vqnqs.physics.basis import all_configurations
 from vqnqs.physics.hamiltonian import build_hamiltonian
@@ -12,14 +13,6 @@ from vqnqs.vmc.checkpoint import build_from_state, model_config_to_dict
 from vqnqs.vmc.config import VMCConfig
 from vqnqs.vmc.optim import make_optimizer
 from vqnqs.vmc.step import fit_distance, vmc_step
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def marshall_agreement(model: AutoregressiveTransformer, hamiltonian) -> float:

@@ -9,24 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from vqnqs.models import AutoregressiveTransformer, TransformerConfig
+from tests.vmc.test_gradient import random_model
+from vqnqs.models import TransformerConfig
 from vqnqs.physics.basis import all_configurations, configs_to_codes, sector_codes
 from vqnqs.physics.exact import dense_hamiltonian
 from vqnqs.physics.hamiltonian import build_hamiltonian
 from vqnqs.vmc.gradient import energy_loss, energy_statistics, log_derivatives
 from vqnqs.vmc.local_energy import local_energy
 from vqnqs.vmc.optim import sr_direction
-
-
-def random_phase_model(config: TransformerConfig, seed: int = 0, std: float = 0.3) -> AutoregressiveTransformer:
-    """float64 model with a phase network and large random weights (gradients far from zero)."""
-    model = AutoregressiveTransformer(config).double()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float64) * std)
-    return model
-
 
 # Heisenberg without Marshall's sign rule: the ground state has signs, so the phase matters.
 CONFIG = TransformerConfig((2, 3), 1, d_model=8, n_heads=2, n_blocks=1, n_down=3, phase_blocks=1)
@@ -44,7 +34,7 @@ def test_eq3_with_a_phase_equals_gradient_of_exact_energy():
     """2 Re E_P[(E_loc - E)^* O] == d/dθ Re(psi^† H psi) / (psi^† psi), through the surrogate loss (Adam's path)
     and through the SR force 2 Re Ō^† ε of the complex log-derivatives (SR's path)."""
     hamiltonian = build_hamiltonian("heisenberg", "2x3", sign_rule=False)
-    model = random_phase_model(CONFIG, std=0.8)
+    model = random_model(CONFIG, std=0.8)
     configs, dense = sector(CONFIG, hamiltonian)
     params = list(model.parameters())
 
@@ -72,7 +62,7 @@ def test_eq3_with_a_phase_equals_gradient_of_exact_energy():
 
 
 def test_complex_log_derivatives_match_per_sample_autograd():
-    model = random_phase_model(CONFIG, seed=2)
+    model = random_model(CONFIG, seed=2)
     s = model.sample(5, generator=torch.Generator().manual_seed(1))
     o = log_derivatives(model, s, chunk_size=2)
     assert o.shape == (5, model.n_params) and o.is_complex()

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from vqnqs.models.patches import Patching
-from vqnqs.models.transformer import Add, Block, Role, TransformerConfig
+from vqnqs.models.transformer import Add, Block, Role, TransformerConfig, gpt2_init
 
 
 class PhaseNetwork(nn.Module):
@@ -49,12 +49,7 @@ class PhaseNetwork(nn.Module):
     def _init_weights(self) -> None:
         """GPT-2 init as the autoregressive network's; the head's std is 1/sqrt(d), so the initial phases are
         O(0.1) rad and differ between configurations (a constant phase would hide engine bugs)."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=0.02)
+        gpt2_init(self)
         n_residual_adds = 2 * max(1, self.config.phase_blocks)
         for block in self.blocks:
             nn.init.normal_(block.attn.out_proj.weight, std=0.02 / math.sqrt(n_residual_adds))

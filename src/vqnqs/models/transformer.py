@@ -161,6 +161,16 @@ class Block(nn.Module):
             yield self.ff, (layer, "feed_forward")
 
 
+def gpt2_init(network: nn.Module) -> None:
+    """N(0, 0.02) weights of every Linear and Embedding of ``network``, zero biases (GPT-2's init)."""
+    for module in network.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+
 def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
     """Draw one value per row of ``probs (B, V)`` (float64, rows need not sum to 1) with uniforms ``u (B,)``.
 
@@ -211,12 +221,7 @@ class AutoregressiveTransformer(nn.Module):
         adds. The head is scaled by 1/sqrt(d) so initial logits are ~0.02: close to uniform over the allowed
         values, yet not exactly uniform (an exactly constant log psi would hide bugs in engines compared to it).
         """
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=0.02)
+        gpt2_init(self)
         n_residual_adds = 2 * self.config.n_blocks + 1
         for block in [*self.blocks, self.final_block]:
             nn.init.normal_(block.attn.out_proj.weight, std=0.02 / math.sqrt(n_residual_adds))
