@@ -65,32 +65,33 @@ def test_reference_values(tmp_path, args, method, per_site, tol):
     assert record["energy"] == pytest.approx(record["energy_per_site"] * record["n_sites"])
 
 
-def test_reference_from_params_run(tmp_path):
+def params_with(tmp_path, systems: dict) -> str:
+    """The repository's params.yaml with ``systems`` in place of its own, written under ``tmp_path``."""
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["systems"] = {"chain": {"system": "tfim", "size": "12", "gamma": 0.5}}
+    params["systems"] = systems
     params["train_vq_runs"] = []  # they name the replaced runs
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
-    code, out = run_reference(tmp_path, "--params", str(path), "--run", "chain")
+    return str(path)
+
+
+def test_reference_from_params_run(tmp_path):
+    path = params_with(tmp_path, {"chain": {"system": "tfim", "size": "12", "gamma": 0.5}})
+    code, out = run_reference(tmp_path, "--params", path, "--run", "chain")
     assert code == 0
     record = json.loads(out.read_text())
     assert record["hamiltonian"]["gamma"] == 0.5 and record["n_sites"] == 12
 
 
 def test_j1j2_reference_from_params_run(tmp_path):
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["systems"] = {
-        "j1j2": {"system": "heisenberg", "size": "2x4", "boundary": "open", "j2": 0.5, "sign_rule": False}
-    }
-    params["train_vq_runs"] = []  # they name the replaced runs
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    code, out = run_reference(tmp_path, "--params", str(path), "--run", "j1j2")
+    j1j2 = {"system": "heisenberg", "size": "2x4", "boundary": "open", "j2": 0.5, "sign_rule": False}
+    path = params_with(tmp_path, {"j1j2": j1j2})
+    code, out = run_reference(tmp_path, "--params", path, "--run", "j1j2")
     assert code == 0
     record = json.loads(out.read_text())
     assert record["hamiltonian"] == {"system": "heisenberg", "J": 1.0, "J2": 0.5, "sign_rule": False}
     assert record["method"] == "lanczos" and record["energy_per_site"] == pytest.approx(-0.455228734321, abs=1e-10)
-    code, out = run_reference(tmp_path, "--params", str(path), "--run", "j1j2", "--j2", "0")  # the flag wins
+    code, out = run_reference(tmp_path, "--params", path, "--run", "j1j2", "--j2", "0")  # the flag wins
     assert code == 0 and "J2" not in json.loads(out.read_text())["hamiltonian"]
 
 

@@ -112,7 +112,7 @@ class DedupEngine:
         tokens = model.patching.to_tokens(s.to(model.device))  # (K, T)
         inputs = model.shift_right(tokens)  # (K, T)
         locations = tokens.numel()
-        states = embed_stage(model, inputs)
+        states = embed_stage(model, inputs, model.bos + 1)
         stats = [LayerStats("embed", True, states.n_unique, locations)]
         codes_per_block: list[Tensor] = []
         named = [*((f"block{i}", block) for i, block in enumerate(model.blocks)), ("final", model.final_block)]

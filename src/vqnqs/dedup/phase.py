@@ -21,23 +21,18 @@ the same ``phi`` up to floating-point reassociation (the mean of per-location he
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from vqnqs.dedup.keys import pair_ids
 from vqnqs.dedup.policy import DEFAULT_POLICY, Execution, ExecutionPolicy
 from vqnqs.dedup.prefix import sequence_partition
-from vqnqs.dedup.stages import Compressed, block_stage
+from vqnqs.dedup.stages import block_stage, embed_stage
 from vqnqs.models.phase import PhaseNetwork
 
 
 def phase_forward(phase: PhaseNetwork, s: Tensor, run: Execution) -> Tensor:
     """``phi(s) (K,)`` for ``s (K, N)`` through the compressed forward (module docstring)."""
     tokens = phase.patching.to_tokens(s.to(phase.head.weight.device))  # (K, T)
-    n_seq, n_tokens = tokens.shape
-    positions = torch.arange(n_tokens, device=tokens.device).expand(n_seq, n_tokens)  # (K, T)
-    ids, pos_u, tok_u = pair_ids(positions, n_tokens, tokens, phase.patching.vocab_size)  # (K, T), (U,), (U,)
-    states = Compressed(ids, phase.embed_sum(phase.tok_emb(tok_u), phase.pos_emb(pos_u)))  # (U, d)
+    states = embed_stage(phase, tokens, phase.patching.vocab_size)
     for block in phase.blocks:
         rows = states.prefixes if states.prefixes is not None else sequence_partition(states.ids)
         states = block_stage(block, states, rows, run).states

@@ -90,11 +90,13 @@ def quantizer_of(block: Block) -> nn.Module | None:
     )
 
 
-def embed_stage(model: AutoregressiveTransformer, inputs: Tensor) -> Compressed:
-    """Input tokens ``(K, T)`` (BOS at position 0) -> states keyed by (position, input token)."""
+def embed_stage(model: nn.Module, inputs: Tensor, n_values: int) -> Compressed:
+    """Input tokens ``(K, T)`` in ``[0, n_values)`` -> states keyed by (position, input token), through ``model``'s
+    ``tok_emb``, ``pos_emb`` and ``embed_sum`` (the autoregressive network's, BOS at position 0, or the phase
+    network's)."""
     n_seq, n_tokens = inputs.shape
     positions = torch.arange(n_tokens, device=inputs.device).expand(n_seq, n_tokens)  # (K, T)
-    ids, pos_u, tok_u = pair_ids(positions, n_tokens, inputs, model.bos + 1)  # (K, T), (U,), (U,)
+    ids, pos_u, tok_u = pair_ids(positions, n_tokens, inputs, n_values)  # (K, T), (U,), (U,)
     table = model.embed_sum(model.tok_emb(tok_u), model.pos_emb(pos_u))  # (U, d)
     return Compressed(ids, table)
 
