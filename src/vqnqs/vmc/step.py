@@ -192,15 +192,15 @@ def fit_step(
         target = teacher.log_psi(samples)  # (Ns,)
     student.train()
     codebook_upkeep(student, samples)
-    delta = student.log_psi(samples) - target  # (Ns,), complex with a phase network
-    loss = fit_distance(delta).mean()
+    distance = fit_distance(student.log_psi(samples) - target)  # (Ns,) |Δ log psi|^2
+    loss = distance.mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = flat_grad_norm(list(student.parameters()))
     if not math.isfinite(loss.item()) or not math.isfinite(grad_norm):
         raise TrainingError(f"step {step}: the loss or its gradient is NaN or infinite")
     optimizer.step()
-    return FitStepResult(loss.item(), delta.detach().abs().mean().item(), grad_norm)
+    return FitStepResult(loss.item(), distance.detach().sqrt().mean().item(), grad_norm)
 
 
 def fit_distance(delta: torch.Tensor) -> torch.Tensor:
