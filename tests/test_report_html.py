@@ -78,7 +78,7 @@ def test_every_model_is_an_mlflow_logged_model(finished):
         if stage_dir.parts[-3] == "distill":  # the profile stage linked its savings to the student
             assert linked["vq-nqs_total_savings"] > 1, stage_dir
         training = client.get_run(model.source_run_id)
-        assert training.data.metrics["system/cpu_utilization_percentage"] >= 0  # system metrics of the training
+        assert training.data.metrics["system/cpu_utilization_percentage"] > 0  # system metrics of the training
 
 
 @pytest.fixture(scope="module")
