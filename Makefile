@@ -6,7 +6,7 @@ CORES ?= 2
 PYTEST_ARGS ?=
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup run test lint browser
+.PHONY: setup run test lint browser docs
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml requirements.lock scripts/setup.sh
@@ -24,6 +24,10 @@ browser:
 
 lint: setup
 	ruff check src tests benchmarks
+
+# The documentation site (mkdocs.yml, docs/) into site/, every warning an error.
+docs: setup
+	mkdocs build --strict --site-dir site
 
 # `make profile PROFILE=ci`: make config/ci.yaml the active params.yaml (what `dvc repro` and a plain
 # `snakemake` read); `make profile PROFILE=default` switches back. Snakemake alone: --config profile=ci.

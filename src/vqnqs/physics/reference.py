@@ -150,7 +150,7 @@ def compute_reference(
     literature_key: str | None = None,
     literature_path: str | Path = DEFAULT_LITERATURE_PATH,
 ) -> dict:
-    """The reference record (DESIGN.md contract) for ``hamiltonian``."""
+    """The reference record for ``hamiltonian``: the JSON that every later stage checks its system against."""
     route = plan_method(hamiltonian, method, literature_key, literature_path)
     lattice = hamiltonian.lattice
     n = lattice.n_sites

@@ -1,4 +1,4 @@
-"""The profile table: one row per profiled model (the DESIGN.md contract columns first) and its components.
+"""The profile table: one row per profiled model (the contract columns first) and its components.
 
 :func:`profile_row` turns a model's :class:`~vqnqs.profiling.flops.FlopProfile` and timings into a row of
 ``OUT.csv`` (energies and relative errors read from the model dir's ``metrics.json``, never recomputed);
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 BASELINE_LABEL = "baseline"
 VQ_LABEL = "vq-nqs"
 
-# The DESIGN.md profile contract, in this order at the front of every row.
+# The profile contract that the report reads (docs/design.md), in this order at the front of every row.
 CONTRACT_COLUMNS = (
     "system",
     "size",

@@ -52,7 +52,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.pt"
-# What every stage's metrics.json holds at least (the DESIGN.md contract).
+# What every stage's metrics.json holds at least (the contract that later stages read; docs/design.md).
 METRICS_KEYS = (
     "energy_per_site",
     "energy_error",
