@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from vqnqs.config import ParamsError, load_params, params_schema, validate_params
+from vqnqs.schema import SCHEMA_FILE
 from vqnqs.stages.config import DistillConfig, ProfileConfig, TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +90,7 @@ def test_snakemake_validates_with_the_same_schema():
     from snakemake.utils import validate
 
     params = default_params()
-    validate(params, str(REPO_ROOT / "workflow/schemas/params.schema.json"))
+    validate(params, str(REPO_ROOT / SCHEMA_FILE))
     params["distill"]["steps"] = "ten"
     with pytest.raises(WorkflowError, match="steps"):
-        validate(params, str(REPO_ROOT / "workflow/schemas/params.schema.json"))
+        validate(params, str(REPO_ROOT / SCHEMA_FILE))
