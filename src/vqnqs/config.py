@@ -1,9 +1,9 @@
 """``params.yaml``: loading, validation, and per-run settings.
 
-What a params file may hold is the schema (``src/vqnqs/schemas/params.schema.json``, also at
-``workflow/schemas/``), generated from the stage configs (:mod:`vqnqs.schema`); the CLI and the Snakefile
-both enforce it before any work, and the CLI also builds every stage section's config (:mod:`vqnqs.knobs`),
-so a value gets the same verdict in a params file and in ``--set``. A violation raises :class:`ParamsError`
+What a params file may hold is the schema (``src/vqnqs/schemas/params.schema.json``), generated from the
+stage configs (:mod:`vqnqs.schema`); the CLI and the Snakefile both enforce it before any work, and the CLI
+also builds every stage section's config (:mod:`vqnqs.knobs`), so a value gets the same verdict in a params
+file and in ``--set``. A violation raises :class:`ParamsError`
 whose message names the offending key. YAML is read by :func:`load_yaml` everywhere (params files, ``--set``).
 """
 

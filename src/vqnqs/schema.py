@@ -3,8 +3,8 @@
 The sections ``train`` (and ``train_vq``), ``distill`` and ``profiling`` are the knobs of
 :class:`~vqnqs.stages.config.TrainConfig`, :class:`~vqnqs.stages.config.DistillConfig` and
 :class:`~vqnqs.stages.config.ProfileConfig` (:func:`vqnqs.knobs.section_schema`), so a knob is declared once.
-The generated file is committed in ``src/vqnqs/schemas/`` (``workflow/schemas/params.schema.json``,
-Snakemake's, links to it); a test fails when it differs from :func:`params_schema_document`. Regenerate it with::
+The generated file is committed in ``src/vqnqs/schemas/`` (the CLI and the Snakefile read it); a test fails
+when it differs from :func:`params_schema_document`. Regenerate it with::
 
     python -m vqnqs.schema
 """
@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-SCHEMA_FILE = Path("src/vqnqs/schemas/params.schema.json")  # workflow/schemas/params.schema.json links to it
+SCHEMA_FILE = Path("src/vqnqs/schemas/params.schema.json")
 # The stage sections (``train_vq``: TrainConfig knobs merged over ``train`` for the VQ models trained by VMC).
 SECTIONS = {
     "train": "#/$defs/train",
