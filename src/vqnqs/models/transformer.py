@@ -152,7 +152,7 @@ class Block(nn.Module):
         yield self.ln_attn, (layer, "ln_attn")
         yield self.attn.qkv_proj, (layer, "qkv_proj")
         yield self.attn.mixing, (layer, "attention")
-        yield self.attn.update, (layer, "attention")
+        yield self.attn.engine_mixing, (layer, "attention")
         yield self.attn.quantizer, (layer, "quantizer")
         yield self.attn.out_proj, (layer, "out_proj")
         yield self.residual, (layer, "residual")
