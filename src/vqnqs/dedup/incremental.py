@@ -40,7 +40,8 @@ from vqnqs.dedup.keys import pair_ids, tuple_ids
 from vqnqs.dedup.policy import DEFAULT_POLICY, Execution, ExecutionPolicy
 from vqnqs.dedup.slots import SlotRows, chunks_by_count, pad, sort_rows
 from vqnqs.dedup.stages import quantizer_of
-from vqnqs.models.transformer import AutoregressiveTransformer, Block
+from vqnqs.models.blocks import Block
+from vqnqs.models.transformer import AutoregressiveTransformer
 
 # Rounding allowance of an updated attention output, in units of eps * (T + e) * max|v_h|: a code is reused
 # only if the output moved less than the certified radius minus this.

@@ -46,7 +46,8 @@ from torch import Tensor, nn
 from vqnqs.dedup.keys import pair_ids, tuple_ids
 from vqnqs.dedup.policy import Execution
 from vqnqs.dedup.prefix import PrefixPartition
-from vqnqs.models.transformer import AutoregressiveTransformer, Block
+from vqnqs.models.blocks import Block
+from vqnqs.models.transformer import AutoregressiveTransformer
 
 
 @dataclass
