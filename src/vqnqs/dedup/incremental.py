@@ -37,9 +37,9 @@ from torch import Tensor
 
 from vqnqs.dedup.incremental_attention import SampleAttention, SlotAttention, causal_attention_sums, updated_attention
 from vqnqs.dedup.keys import pair_ids, tuple_ids
+from vqnqs.dedup.layers import quantizer_of
 from vqnqs.dedup.policy import DEFAULT_POLICY, Execution, ExecutionPolicy
 from vqnqs.dedup.slots import SlotRows, chunks_by_count, pad, sort_rows
-from vqnqs.dedup.stages import quantizer_of
 from vqnqs.models.blocks import Block
 from vqnqs.models.transformer import AutoregressiveTransformer
 

@@ -15,7 +15,7 @@ every encoder block too (:class:`~vqnqs.models.vq.VQTransformer`), as the paper 
 map between the two networks.
 
 The modules keep the names of the autoregressive network's (``tok_emb``, ``pos_emb``, ``embed_sum``,
-``blocks``, ``ln_f``, ``head``), so FLOP attribution and the dedup stages treat both alike.
+``blocks``, ``ln_f``, ``head``), so FLOP attribution and the dedup layers treat both alike.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ Each op is counted once, under the role ``(layer, group)`` of the innermost *com
 modules that :meth:`~vqnqs.models.transformer.AutoregressiveTransformer.components` lists with their
 roles. Global module forward pre/post hooks keep the stack of the model's modules being run; components
 are found on it by identity, never by attribute path, so the dense forward and the dedup engine (which
-call the same modules, :mod:`vqnqs.dedup.stages`) attribute alike. Ops outside every module of the model
+call the same modules, :mod:`vqnqs.dedup.layers`) attribute alike. Ops outside every module of the model
 are the Sz-masked ``log_softmax`` of the output (``("output", "output")``) and the local-energy
 arithmetic (``("local_energy", "local_energy")``). An op inside a module of the model but in no component
 (a module that ``components()`` does not list, arithmetic in a container's own ``forward``) lands in

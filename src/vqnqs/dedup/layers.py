@@ -1,4 +1,4 @@
-"""The stages of the dedup forward: one network layer each, on hidden states in compressed ``(I, V)`` form.
+"""The dedup forward layer by layer: one stage per network layer, on hidden states in compressed ``(I, V)`` form.
 
 A batch of hidden states ``(K, T, d)`` is held as ``ids I (K, T)`` int64 into a table ``V (U, d)`` of
 unique rows (:class:`Compressed`). Every per-location operation runs on ``V`` only. Attention mixes the
