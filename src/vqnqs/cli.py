@@ -19,7 +19,7 @@ from pathlib import Path
 from vqnqs.cli_args import Parser, finite_float, output_file, set_argument, size_argument
 from vqnqs.cli_help import STAGE_TEXTS
 from vqnqs.config import DEFAULT_PARAMS_PATH, ParamsError, load_params
-from vqnqs.io import OutputError, check_writable_dir, read_json, write_json
+from vqnqs.io import OutputError, check_writable_dir, finite_number, read_json, write_json
 from vqnqs.knobs import knob_defaults
 from vqnqs.physics.hamiltonian import SYSTEMS
 from vqnqs.physics.lattice import BOUNDARIES
@@ -257,7 +257,7 @@ def add_distill(subparsers: argparse._SubParsersAction) -> None:
 def run_distill(args: argparse.Namespace) -> None:
     from vqnqs.stages.config import check_bits
     from vqnqs.stages.distill import Distiller
-    from vqnqs.stages.inputs import finite_number, load_reference, load_teacher
+    from vqnqs.stages.inputs import load_reference, load_teacher
 
     settings, params, hamiltonian, config = stage_setup(args, DistillConfig)
     with refused_as("argument --bits"):
