@@ -34,7 +34,7 @@ from vqnqs.stages.settings import (
     stage_config,
     stage_setup,
 )
-from vqnqs.tracking import Terminated, TrackingError
+from vqnqs.tracking import Run, Terminated, TrackingError
 from vqnqs.vmc.distributed import check_split, joined_world, launched_world
 from vqnqs.vmc.local_energy import check_chunk_fits
 from vqnqs.vmc.step import TrainingError
@@ -348,7 +348,6 @@ def add_report(subparsers: argparse._SubParsersAction) -> None:
 
 def run_report(args: argparse.Namespace) -> None:
     from vqnqs.report import inputs_from_params, write_report
-    from vqnqs.tracking import Run
 
     params = load_params(args.params)
     inputs = inputs_from_params(params, args.data_dir)
