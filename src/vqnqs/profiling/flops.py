@@ -28,9 +28,9 @@ arithmetic (``("local_energy", "local_energy")``). An op inside a module of the 
 - layers: ``embed``, ``block0`` .. ``block{n-1}`` (full blocks), ``final`` (attention-only half-block),
   ``output`` (``ln_f``, head, Sz-mask log_softmax), ``local_energy`` (Hamiltonian elements, ratios);
 - groups: ``embedding`` (token, position, their sum), ``ln_attn``, ``qkv_proj``, ``attention`` (q.k,
-  softmax, weights.v: the causal mixing ``attn.mixing``), ``quantizer`` (distances), ``out_proj`` (W_O),
-  ``residual`` (the residual adds), ``ln_ff``, ``feed_forward``, ``ln_f``, ``head``, ``output`` (Sz-mask
-  log_softmax), ``local_energy``, ``other``.
+  softmax, weights.v: the causal mixing ``attn.mixing``, or an engine's form of it ``attn.engine_mixing``),
+  ``quantizer`` (distances), ``out_proj`` (W_O), ``residual`` (the residual adds), ``ln_ff``,
+  ``feed_forward``, ``ln_f``, ``head``, ``output`` (Sz-mask log_softmax), ``local_energy``, ``other``.
 
 :data:`COMPONENTS` are the groups as reported (the three LayerNorms merged into ``layernorm``). The paper's
 quantised ops are defined in :mod:`vqnqs.profiling.quantized`, the averaged profile of a model and its
