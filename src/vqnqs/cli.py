@@ -19,12 +19,17 @@ from pathlib import Path
 from vqnqs.cli_args import Parser, finite_float, output_file, set_argument, size_argument
 from vqnqs.cli_help import STAGE_TEXTS
 from vqnqs.config import DEFAULT_PARAMS_PATH, ParamsError, load_params
-from vqnqs.io import OutputError, check_writable_dir, read_json, write_json
+from vqnqs.io import OutputError, check_writable_dir, finite_number, read_json, write_json
 from vqnqs.knobs import knob_defaults
 from vqnqs.physics.hamiltonian import SYSTEMS
 from vqnqs.physics.lattice import BOUNDARIES
 from vqnqs.physics.reference import DEFAULT_LITERATURE_KEY, DEFAULT_LITERATURE_PATH, METHODS, compute_reference
-from vqnqs.stages.config import DistillConfig, ProfileConfig, TrainConfig, resolve_device
+from vqnqs.profiling.quantized import model_bits
+from vqnqs.profiling.table import bits_value
+from vqnqs.stages.config import DistillConfig, ProfileConfig, TrainConfig, check_bits, resolve_device
+from vqnqs.stages.distill import Distiller
+from vqnqs.stages.inputs import check_model_dir, load_reference, load_teacher, load_trained, system_from_info
+from vqnqs.stages.profile import run_profile_stage, summary_line
 from vqnqs.stages.settings import (
     UsageError,
     hamiltonian_from,
@@ -34,7 +39,8 @@ from vqnqs.stages.settings import (
     stage_config,
     stage_setup,
 )
-from vqnqs.tracking import Terminated, TrackingError
+from vqnqs.stages.train import Trainer
+from vqnqs.tracking import Run, Terminated, TrackingError
 from vqnqs.vmc.distributed import check_split, joined_world, launched_world
 from vqnqs.vmc.local_energy import check_chunk_fits
 from vqnqs.vmc.step import TrainingError
@@ -207,9 +213,6 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from vqnqs.stages.inputs import load_reference, load_teacher
-    from vqnqs.stages.train import Trainer
-
     if args.bits is not None:
         args.overrides = [("model", "vq"), ("bits", args.bits), *args.overrides]
     settings, params, hamiltonian, config = stage_setup(args, TrainConfig)
@@ -255,10 +258,6 @@ def add_distill(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_distill(args: argparse.Namespace) -> None:
-    from vqnqs.stages.config import check_bits
-    from vqnqs.stages.distill import Distiller
-    from vqnqs.stages.inputs import finite_number, load_reference, load_teacher
-
     settings, params, hamiltonian, config = stage_setup(args, DistillConfig)
     with refused_as("argument --bits"):
         config.vq_config(args.bits)
@@ -298,11 +297,6 @@ def add_profile(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_profile(args: argparse.Namespace) -> None:
-    from vqnqs.profiling.quantized import model_bits
-    from vqnqs.profiling.table import bits_value
-    from vqnqs.stages.inputs import check_model_dir, load_reference, load_trained, system_from_info
-    from vqnqs.stages.profile import run_profile_stage, summary_line
-
     check_model_dir(args.model_dir, "model")
     check_model_dir(args.baseline, "baseline")
     if args.run is not None or args.system is not None or args.size is not None:
@@ -347,8 +341,7 @@ def add_report(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> None:
-    from vqnqs.report import inputs_from_params, write_report
-    from vqnqs.tracking import Run
+    from vqnqs.report import inputs_from_params, write_report  # local: matplotlib loads for the report only
 
     params = load_params(args.params)
     inputs = inputs_from_params(params, args.data_dir)

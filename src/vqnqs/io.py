@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -31,6 +32,14 @@ def read_json(path: str | os.PathLike) -> dict:
     if not isinstance(record, dict):
         raise InputError(f"{path}: expected a JSON object")
     return record
+
+
+def finite_number(record: dict, key: str) -> float | None:
+    """``record[key]`` as a float if it is a finite number (not a bool), else None."""
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def ensure_writable_dir(directory: str | os.PathLike) -> Path:

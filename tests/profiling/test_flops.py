@@ -245,7 +245,7 @@ def test_every_flop_lands_in_a_component(tfim8, engine, kind):
     ("component", "cell"),
     [
         (lambda m: m.blocks[0].attn.mixing, ("block0", "attention")),
-        (lambda m: m.blocks[0].attn.update, ("block0", "attention")),
+        (lambda m: m.blocks[0].attn.engine_mixing, ("block0", "attention")),
         (lambda m: m.blocks[0].residual, ("block0", "residual")),
         (lambda m: m.blocks[1].attn.quantizer, ("block1", "quantizer")),
         (lambda m: m.final_block.attn.out_proj, ("final", "out_proj")),

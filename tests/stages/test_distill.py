@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-import vqnqs.dedup as dedup_module
+import vqnqs.vmc.log_psi as log_psi_module
 from vqnqs.dedup import dense_codes
 from vqnqs.models import (
     AutoregressiveTransformer,
@@ -182,9 +182,9 @@ def test_dense_and_dedup_local_energies_agree_on_the_student(tmp_path, chain, te
 
 
 def test_a_dedup_engine_that_disagrees_is_caught(tmp_path, chain, teacher_dir, monkeypatch):
-    real = dedup_module.dedup_log_psi
+    real = log_psi_module.dedup_log_psi
     monkeypatch.setattr(
-        dedup_module,
+        log_psi_module,
         "dedup_log_psi",
         lambda model, s, prefix_reuse=True: real(model, s, prefix_reuse=prefix_reuse) + 1e-3 * s[:, 0],
     )

@@ -2,9 +2,7 @@
 
 from vqnqs.dedup.engine import DedupEngine, DedupResult, LayerStats, dedup_log_prob, dedup_log_psi, dense_codes
 from vqnqs.dedup.keys import pair_ids, tuple_ids
-from vqnqs.dedup.policy import DEFAULT_POLICY, ExecutionPolicy
-from vqnqs.dedup.prefix import PrefixGroup, PrefixPartition, location_partition, prefix_partition
-from vqnqs.dedup.stages import (
+from vqnqs.dedup.layers import (
     BlockOutput,
     Compressed,
     attention_stage,
@@ -16,6 +14,8 @@ from vqnqs.dedup.stages import (
     qkv_stage,
     quantized_residual_stage,
 )
+from vqnqs.dedup.policy import DEFAULT_POLICY, ExecutionPolicy
+from vqnqs.dedup.prefix import PrefixGroup, PrefixPartition, location_partition, prefix_partition
 
 __all__ = [
     "DEFAULT_POLICY",

@@ -1,6 +1,6 @@
 """The dedup engine: ``log P`` of a flat batch of configurations in compressed ``(I, V)`` form.
 
-The forward runs the stages of :mod:`vqnqs.dedup.stages` in network order: the embedding keyed by
+The forward runs the stages of :mod:`vqnqs.dedup.layers` in network order: the embedding keyed by
 (position, input token), each block on the attention rows of its input ids, the output head. Hidden
 states are ids into a table of unique rows; a block's attention runs once per attention row of a
 :class:`~vqnqs.dedup.prefix.PrefixPartition` of its input ids: one per distinct prefix
@@ -16,7 +16,7 @@ Configuration: :class:`DedupEngine` ``(model, prefix_reuse=..., policy=...)``; t
 operations, never the result.
 
 Every op runs in one of the model's own component modules, called as in the dense forward (see
-:mod:`vqnqs.dedup.stages`), so FLOP counts attribute alike on both paths. The causal mixing
+:mod:`vqnqs.dedup.layers`), so FLOP counts attribute alike on both paths. The causal mixing
 (``block.attn.mixing``) costs ``4 * d * T`` FLOPs per attention row (each row's query against the ``T``
 keys of its representative sequence, the future masked), against ``4 * d * T`` per location densely.
 """
@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from vqnqs.dedup.layers import Compressed, block_stage, embed_stage, output_stage, quantizer_of
 from vqnqs.dedup.phase import phase_forward
 from vqnqs.dedup.policy import DEFAULT_POLICY, Execution, ExecutionPolicy
 from vqnqs.dedup.prefix import PrefixPartition, location_partition, prefix_partition
-from vqnqs.dedup.stages import Compressed, block_stage, embed_stage, output_stage, quantizer_of
 from vqnqs.models.transformer import AutoregressiveTransformer
 
 

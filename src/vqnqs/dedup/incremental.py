@@ -2,14 +2,14 @@
 
 A connected configuration ``s'`` of a sample ``s`` (a term of its local energy) differs from ``s`` in a few
 sites. The engine runs ``s`` once, caching per block its input states, ``q, k, v``, attention sums
-(:class:`~vqnqs.models.attention.AttentionSums`), codes and certified radii. Every ``s'`` whose network
-input differs (``K`` of them, ``owner (K,)`` their samples) then carries the set ``C`` of positions whose hidden
-state differs from its sample's, as slot rows (:mod:`vqnqs.dedup.slots`)::
+(:class:`~vqnqs.dedup.incremental_attention.AttentionSums`), codes and certified radii. Every ``s'`` whose
+network input differs (``K`` of them, ``owner (K,)`` their samples) then carries the set ``C`` of positions
+whose hidden state differs from its sample's, as slot rows (:mod:`vqnqs.dedup.slots`)::
 
     embed   C = the input positions whose token changed (changed patches, shifted right by one)
     block   slots: ln_attn, Q/K/V on their states (per location, |C| rows)
-            attention (attn.update): rows outside C from the sample's sums and the changed keys, O(|C| e) a
-              row; slots in full; rows whose update would cancel become slots and the call is repeated
+            attention (updated_attention): rows outside C from the sample's sums and the changed keys,
+              O(|C| e) a row; slots in full; rows whose update would cancel become slots and the call is repeated
             quantiser: a row keeps the sample's code when its attention output moved less than the sample's
               certified radius (VectorQuantizer.certify), else its code is computed (encode); a row whose
               code differs joins C. Identity slot: every row from the first change on joins C.
@@ -22,7 +22,7 @@ for the row's attention output (reused only inside its certified radius), so the
 forward of the same model reorganised. Per-location ops run on ``C`` only. The attention runs in chunks of
 configurations with similar ``|C|`` (:func:`~vqnqs.dedup.slots.chunks_by_count`, memory bounded by
 :attr:`~vqnqs.dedup.policy.ExecutionPolicy.config_elements`); every op runs in one of the model's component
-modules (``attn.update`` for the update), so FLOP attribution covers this path too.
+modules (``attn.engine_mixing`` for the sums and their update), so FLOP attribution covers this path too.
 """
 
 from __future__ import annotations
@@ -35,12 +35,13 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from vqnqs.dedup.incremental_attention import SampleAttention, SlotAttention, causal_attention_sums, updated_attention
 from vqnqs.dedup.keys import pair_ids, tuple_ids
+from vqnqs.dedup.layers import quantizer_of
 from vqnqs.dedup.policy import DEFAULT_POLICY, Execution, ExecutionPolicy
 from vqnqs.dedup.slots import SlotRows, chunks_by_count, pad, sort_rows
-from vqnqs.dedup.stages import quantizer_of
-from vqnqs.models.attention import SampleAttention, SlotAttention
-from vqnqs.models.transformer import AutoregressiveTransformer, Block
+from vqnqs.models.blocks import Block
+from vqnqs.models.transformer import AutoregressiveTransformer
 
 # Rounding allowance of an updated attention output, in units of eps * (T + e) * max|v_h|: a code is reused
 # only if the output moved less than the certified radius minus this.
@@ -88,7 +89,7 @@ class IncrementalResult:
 def sample_attention(block: Block, states: States, qkv: Tensor) -> BlockCache:
     """The samples' attention (and codes) from the Q/K/V rows ``qkv (U, 3d)`` of the unique states."""
     q, k, v = (rearrange(y, "b t (h e) -> b h t e", h=block.attn.n_heads) for y in qkv[states.sample_ids].chunk(3, -1))
-    sums = block.attn.mixing(q, k, v, keep_sums=True)
+    sums = block.attn.engine_mixing(causal_attention_sums, q, k, v)
     mixed = rearrange(sums.output, "b h t e -> b t (h e)")
     quantizer = quantizer_of(block)
     codes, radius = quantizer(mixed, certify=True) if quantizer is not None else (None, None)  # (B, T, Hq) each
@@ -124,7 +125,7 @@ def attention_chunks(
         slot_changed, slot_qkv = torch.ones_like(slot_pos, dtype=torch.bool), qkv[slot_ids]
         start = int(first[members].min())  # every row before it is its sample's
         slots = _slot_attention(sample, slot_local, slot_pos, slot_changed, slot_qkv, n_heads, start)
-        out, redo = block.attn.update(cache.attention, slots)
+        out, redo = block.attn.engine_mixing(updated_attention, cache.attention, slots)
         while redo.any():
             # Rows the update cannot trust become slots too, with the sample's state (so the sample's q, k, v);
             # the configurations that have any are computed again (slots only grow, so this ends).
@@ -150,7 +151,7 @@ def attention_chunks(
                 n_heads,
                 start,
             )
-            out[again], redo_again = block.attn.update(cache.attention, slots)
+            out[again], redo_again = block.attn.engine_mixing(updated_attention, cache.attention, slots)
             redo = torch.zeros_like(redo)
             redo[again] = redo_again
         yield Chunk(members, rearrange(out, "k h t e -> k t (h e)"), x_ids, changed, v_max)

@@ -1,4 +1,4 @@
-"""The phase network ``phi(s)`` (:mod:`vqnqs.models.phase`) through the dedup stages.
+"""The phase network ``phi(s)`` (:mod:`vqnqs.models.phase`) through the dedup layers (:mod:`vqnqs.dedup.layers`).
 
 The encoder has no prefix structure: its attention is bidirectional, so a location's state depends on every
 token of the sequence and prefix reuse does not apply. What the engine can reuse::
@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from vqnqs.dedup.layers import block_stage, embed_stage
 from vqnqs.dedup.policy import DEFAULT_POLICY, Execution, ExecutionPolicy
 from vqnqs.dedup.prefix import sequence_partition
-from vqnqs.dedup.stages import block_stage, embed_stage
 from vqnqs.models.phase import PhaseNetwork
 
 
@@ -41,6 +41,6 @@ def phase_forward(phase: PhaseNetwork, s: Tensor, run: Execution) -> Tensor:
 
 
 def dedup_phase(phase: PhaseNetwork, s: Tensor, policy: ExecutionPolicy = DEFAULT_POLICY) -> Tensor:
-    """``phi(s) (K,)`` through the dedup stages, under ``policy`` (chunks and threads; never the result)."""
+    """``phi(s) (K,)`` through the dedup layers, under ``policy`` (chunks and threads; never the result)."""
     with policy.applied() as run:
         return phase_forward(phase, s, run)

@@ -1,15 +1,9 @@
 """Autoregressive transformer wave functions over patch tokens."""
 
 from vqnqs.models.attention import CausalMixing, CausalSelfAttention, KVCache, causal_attention
+from vqnqs.models.blocks import Add, Block, FeedForward
 from vqnqs.models.patches import Patching, validate_patching
-from vqnqs.models.transformer import (
-    Add,
-    AutoregressiveTransformer,
-    Block,
-    FeedForward,
-    TransformerConfig,
-    default_patch,
-)
+from vqnqs.models.transformer import AutoregressiveTransformer, TransformerConfig, default_patch
 from vqnqs.models.vq import (
     VectorQuantizer,
     VQConfig,

@@ -15,7 +15,7 @@ every encoder block too (:class:`~vqnqs.models.vq.VQTransformer`), as the paper 
 map between the two networks.
 
 The modules keep the names of the autoregressive network's (``tok_emb``, ``pos_emb``, ``embed_sum``,
-``blocks``, ``ln_f``, ``head``), so FLOP attribution and the dedup stages treat both alike.
+``blocks``, ``ln_f``, ``head``), so FLOP attribution and the dedup layers treat both alike.
 """
 
 from __future__ import annotations
@@ -26,35 +26,36 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
+from vqnqs.models.blocks import Add, Block, Role, gpt2_init
 from vqnqs.models.patches import Patching
-from vqnqs.models.transformer import Add, Block, Role, TransformerConfig, gpt2_init
 
 
 class PhaseNetwork(nn.Module):
-    """``phi(s)`` of ``config.phase_blocks`` encoder blocks (module docstring): ``s (B, N) -> (B,)``."""
+    """``phi(s)`` of ``n_blocks`` encoder blocks of width ``d_model`` (module docstring): ``s (B, N) -> (B,)``
+    over the tokens of ``patching``; the autoregressive network builds it with its own ``d_model``, ``n_heads``
+    and ``d_ff``."""
 
-    def __init__(self, config: TransformerConfig) -> None:
+    def __init__(self, patching: Patching, d_model: int, n_heads: int, d_ff: int, n_blocks: int) -> None:
         super().__init__()
-        self.config = config
-        self.patching = Patching(config.lattice_shape, config.patch)
-        n_tokens, vocab, d = self.patching.n_tokens, self.patching.vocab_size, config.d_model
-        self.tok_emb = nn.Embedding(vocab, d)
-        self.pos_emb = nn.Embedding(n_tokens, d)
+        self.patching = patching
+        n_tokens, vocab = patching.n_tokens, patching.vocab_size
+        self.tok_emb = nn.Embedding(vocab, d_model)
+        self.pos_emb = nn.Embedding(n_tokens, d_model)
         self.embed_sum = Add()
-        self.blocks = nn.ModuleList(Block(config, causal=False) for _ in range(config.phase_blocks))
-        self.ln_f = nn.LayerNorm(d)
-        self.head = nn.Linear(d, 1)
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, d_ff, causal=False) for _ in range(n_blocks))
+        self.ln_f = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, 1)
         self._init_weights()
 
     def _init_weights(self) -> None:
         """GPT-2 init as the autoregressive network's; the head's std is 1/sqrt(d), so the initial phases are
         O(0.1) rad and differ between configurations (a constant phase would hide engine bugs)."""
         gpt2_init(self)
-        n_residual_adds = 2 * max(1, self.config.phase_blocks)
+        n_residual_adds = 2 * max(1, len(self.blocks))
         for block in self.blocks:
             nn.init.normal_(block.attn.out_proj.weight, std=0.02 / math.sqrt(n_residual_adds))
             nn.init.normal_(block.ff.fc_out.weight, std=0.02 / math.sqrt(n_residual_adds))
-        nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(self.config.d_model))
+        nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(self.head.in_features))
 
     def components(self) -> Iterator[tuple[nn.Module, Role]]:
         """Component modules with their roles, layers ``phase_embed``, ``phase_block{i}``, ``phase_output``."""

@@ -33,10 +33,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
-from vqnqs.models.attention import CausalSelfAttention, KVCache
+from vqnqs.models.attention import KVCache
+from vqnqs.models.blocks import Add, Block, Role, gpt2_init
 from vqnqs.models.patches import Patching, validate_patching
+from vqnqs.models.phase import PhaseNetwork
 
 
 @dataclass(frozen=True)
@@ -104,73 +105,6 @@ def default_patch(lattice_shape: tuple[int, ...]) -> int:
     return next(k for k in (4, 2, 1) if shape[0] % k == 0)
 
 
-Role = tuple[str, str]  # (layer, group), e.g. ("block0", "feed_forward")
-
-
-class Add(nn.Module):
-    """``x + y`` as a stateless module: the embedding sum and the residual adds, so that module hooks (FLOP
-    attribution) see them as components of their own, in the dense forward and in the dedup engine alike."""
-
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        return x + y
-
-
-class FeedForward(nn.Module):
-    """Per-location MLP ``(..., d) -> (..., d_ff) -> (..., d)``."""
-
-    def __init__(self, d_model: int, d_ff: int) -> None:
-        super().__init__()
-        self.fc_in = nn.Linear(d_model, d_ff)
-        self.fc_out = nn.Linear(d_ff, d_model)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc_out(F.gelu(self.fc_in(x)))
-
-
-class Block(nn.Module):
-    """Pre-LN block: ``x + attn(ln(x))`` then, for a full block, ``x + ff(ln(x))``; ``causal=False``: an encoder
-    block (the phase network's)."""
-
-    def __init__(self, config: TransformerConfig, feed_forward: bool = True, causal: bool = True) -> None:
-        super().__init__()
-        self.ln_attn = nn.LayerNorm(config.d_model)
-        self.attn = CausalSelfAttention(config.d_model, config.n_heads, causal)
-        # The attention-only half-block has neither (None rather than Identity: no parameters, no FLOPs).
-        self.ln_ff: nn.LayerNorm | None = nn.LayerNorm(config.d_model) if feed_forward else None
-        self.ff: FeedForward | None = FeedForward(config.d_model, config.d_ff) if feed_forward else None
-        self.residual = Add()
-
-    def forward(self, x: Tensor, cache: KVCache | None = None) -> tuple[Tensor, KVCache]:
-        attended, cache = self.attn(self.ln_attn(x), cache)
-        x = self.residual(x, attended)
-        if self.ff is not None and self.ln_ff is not None:
-            x = self.residual(x, self.ff(self.ln_ff(x)))
-        return x, cache
-
-    def components(self, layer: str) -> Iterator[tuple[nn.Module, Role]]:
-        """The block's components with their roles ``(layer, group)``, in network order."""
-        yield self.ln_attn, (layer, "ln_attn")
-        yield self.attn.qkv_proj, (layer, "qkv_proj")
-        yield self.attn.mixing, (layer, "attention")
-        yield self.attn.update, (layer, "attention")
-        yield self.attn.quantizer, (layer, "quantizer")
-        yield self.attn.out_proj, (layer, "out_proj")
-        yield self.residual, (layer, "residual")
-        if self.ff is not None and self.ln_ff is not None:
-            yield self.ln_ff, (layer, "ln_ff")
-            yield self.ff, (layer, "feed_forward")
-
-
-def gpt2_init(network: nn.Module) -> None:
-    """N(0, 0.02) weights of every Linear and Embedding of ``network``, zero biases (GPT-2's init)."""
-    for module in network.modules():
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.02)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=0.02)
-
-
 def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
     """Draw one value per row of ``probs (B, V)`` (float64, rows need not sum to 1) with uniforms ``u (B,)``.
 
@@ -204,17 +138,18 @@ class AutoregressiveTransformer(nn.Module):
         self.tok_emb = nn.Embedding(vocab + 1, d)
         self.pos_emb = nn.Embedding(n_tokens, d)
         self.embed_sum = Add()
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_blocks))
-        self.final_block = Block(config, feed_forward=False)
+        self.blocks = nn.ModuleList(Block(config.d_model, config.n_heads, config.d_ff) for _ in range(config.n_blocks))
+        self.final_block = Block(config.d_model, config.n_heads, config.d_ff, feed_forward=False)
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, vocab)
         spins_after = self.patching.spins_per_token * torch.arange(n_tokens - 1, -1, -1)
         self.register_buffer("spins_after", spins_after, persistent=False)
         self._init_weights()
-        # After the init above, which is the autoregressive network's own. Local import: phase.py builds on Block.
-        from vqnqs.models.phase import PhaseNetwork
-
-        self.phase: PhaseNetwork | None = PhaseNetwork(config) if config.phase_blocks else None
+        # After the init above, which is the autoregressive network's own.
+        self.phase: PhaseNetwork | None = None
+        if config.phase_blocks:
+            patching = Patching(config.lattice_shape, config.patch)
+            self.phase = PhaseNetwork(patching, config.d_model, config.n_heads, config.d_ff, config.phase_blocks)
 
     def _init_weights(self) -> None:
         """GPT-2 init: N(0, 0.02) weights, zero biases, residual projections scaled by the number of residual

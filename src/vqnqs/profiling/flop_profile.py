@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vqnqs.dedup import dedup_log_prob
 from vqnqs.models.transformer import AutoregressiveTransformer
 from vqnqs.physics.hamiltonian import Hamiltonian
 from vqnqs.profiling.batches import connected_configs, distinct_samples, draw_samples
@@ -191,8 +192,6 @@ def profile_flops(
     codebook norms ``||W||^2``, H*Q*e products per quantiser call with ``elementwise``), and off by a few
     FLOPs per sample for the local-energy arithmetic. None: count the whole batch.
     """
-    from vqnqs.dedup import dedup_log_prob  # local: keep `import vqnqs.profiling` light
-
     if batches is None:
         batches = (draw_samples(model, batch, seed + b) for b in range(n_batches))
     dense: dict[Cell, float] = defaultdict(float)

@@ -19,7 +19,7 @@ Each op is counted once, under the role ``(layer, group)`` of the innermost *com
 modules that :meth:`~vqnqs.models.transformer.AutoregressiveTransformer.components` lists with their
 roles. Global module forward pre/post hooks keep the stack of the model's modules being run; components
 are found on it by identity, never by attribute path, so the dense forward and the dedup engine (which
-call the same modules, :mod:`vqnqs.dedup.stages`) attribute alike. Ops outside every module of the model
+call the same modules, :mod:`vqnqs.dedup.layers`) attribute alike. Ops outside every module of the model
 are the Sz-masked ``log_softmax`` of the output (``("output", "output")``) and the local-energy
 arithmetic (``("local_energy", "local_energy")``). An op inside a module of the model but in no component
 (a module that ``components()`` does not list, arithmetic in a container's own ``forward``) lands in
@@ -28,9 +28,9 @@ arithmetic (``("local_energy", "local_energy")``). An op inside a module of the 
 - layers: ``embed``, ``block0`` .. ``block{n-1}`` (full blocks), ``final`` (attention-only half-block),
   ``output`` (``ln_f``, head, Sz-mask log_softmax), ``local_energy`` (Hamiltonian elements, ratios);
 - groups: ``embedding`` (token, position, their sum), ``ln_attn``, ``qkv_proj``, ``attention`` (q.k,
-  softmax, weights.v: the causal mixing ``attn.mixing``), ``quantizer`` (distances), ``out_proj`` (W_O),
-  ``residual`` (the residual adds), ``ln_ff``, ``feed_forward``, ``ln_f``, ``head``, ``output`` (Sz-mask
-  log_softmax), ``local_energy``, ``other``.
+  softmax, weights.v: the causal mixing ``attn.mixing``, or an engine's form of it ``attn.engine_mixing``),
+  ``quantizer`` (distances), ``out_proj`` (W_O), ``residual`` (the residual adds), ``ln_ff``,
+  ``feed_forward``, ``ln_f``, ``head``, ``output`` (Sz-mask log_softmax), ``local_energy``, ``other``.
 
 :data:`COMPONENTS` are the groups as reported (the three LayerNorms merged into ``layernorm``). The paper's
 quantised ops are defined in :mod:`vqnqs.profiling.quantized`, the averaged profile of a model and its

@@ -17,22 +17,18 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from vqnqs.io import atomic_open
+from vqnqs.io import atomic_open, finite_number
 from vqnqs.models.transformer import AutoregressiveTransformer
 from vqnqs.models.vq import VQTransformer
 from vqnqs.profiling.flop_profile import PATHS, FlopProfile, layer_names
 from vqnqs.profiling.flops import COMPONENTS
 from vqnqs.profiling.quantized import model_bits
 from vqnqs.profiling.timing import Timing
-from vqnqs.stages.inputs import finite_number
 from vqnqs.vmc.evaluation import relative_error
-
-if TYPE_CHECKING:
-    from vqnqs.stages.config import ProfileConfig
 
 BASELINE_LABEL = "baseline"
 VQ_LABEL = "vq-nqs"
@@ -80,11 +76,13 @@ def profile_row(
     flops: FlopProfile,
     timings: dict[str, Timing],
     system: dict,
-    config: ProfileConfig,
+    device: torch.device,
+    dense_samples: int | None,
     reference_per_site: float | None = None,
     model_dir: str | None = None,
 ) -> dict:
-    """One row of the profile table (contract columns first)."""
+    """One row of the profile table (contract columns first); ``device``: where the FLOPs were counted,
+    ``dense_samples``: the samples per batch the dense path was counted on (None: all)."""
     energy = finite_number(metrics, "energy_per_site")
     rel_error = finite_number(metrics, "rel_error")
     reference = reference_per_site if reference_per_site is not None else finite_number(metrics, "reference_per_site")
@@ -139,7 +137,7 @@ def profile_row(
         "n_batches": flops.n_batches,
         "configs_per_sample": flops.configs_per_sample,
         "flop_ops": "matmul+elementwise" if flops.elementwise else "matmul",
-        "dense_samples": config.dense_samples,
+        "dense_samples": dense_samples,
     }
     fractions = flops.unique_fraction()
     for layer in layer_names(model):
@@ -147,7 +145,7 @@ def profile_row(
     for layer in layer_names(model)[1:-1]:
         tuples = flops.code_tuples.get(layer)
         row[f"code_tuples_{layer}"] = tuples / flops.n_batches if tuples is not None else None
-    row["device"] = str(config.resolved_device())
+    row["device"] = str(device)
     row["time_device"] = first.device if first else None
     row["threads"] = torch.get_num_threads()
     row["torch_version"] = torch.__version__

@@ -7,11 +7,10 @@ Every reader checks its input against the system being run before any work and r
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from vqnqs.io import InputError, read_json
+from vqnqs.io import InputError, finite_number, read_json
 from vqnqs.models import AutoregressiveTransformer, VQTransformer
 from vqnqs.physics.hamiltonian import Hamiltonian, with_description_defaults
 from vqnqs.vmc.checkpoint import CheckpointError, load_model
@@ -29,14 +28,6 @@ def system_info(hamiltonian: Hamiltonian) -> dict:
         "n_sites": hamiltonian.n_sites,
         **hamiltonian.describe(),
     }
-
-
-def finite_number(record: dict, key: str) -> float | None:
-    """``record[key]`` as a float if it is a finite number (not a bool), else None."""
-    value = record.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
 
 
 def load_reference(path: str | Path, hamiltonian: Hamiltonian) -> float:

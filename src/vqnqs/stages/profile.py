@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from vqnqs.io import read_json
+from vqnqs.io import finite_number, read_json
 from vqnqs.models.transformer import AutoregressiveTransformer
 from vqnqs.physics.hamiltonian import Hamiltonian
 from vqnqs.profiling.batches import distinct_samples, draw_samples
@@ -41,7 +41,7 @@ from vqnqs.profiling.table import (
 )
 from vqnqs.profiling.timing import Timing, time_local_energy
 from vqnqs.stages.config import ProfileConfig
-from vqnqs.stages.inputs import InputError, check_model_dir, finite_number, load_trained
+from vqnqs.stages.inputs import InputError, check_model_dir, load_trained
 
 
 @dataclass
@@ -116,7 +116,10 @@ def run_profile_stage(
         rows, components = [], []
         for label, model, (directory, _, metrics, _, _) in zip((BASELINE_LABEL, VQ_LABEL), models, inputs, strict=True):
             flops, timings = measure_model(hamiltonian, model, config)
-            row = profile_row(label, model, metrics, flops, timings, system, config, reference_per_site, str(directory))
+            device, dense_samples = config.resolved_device(), config.dense_samples
+            row = profile_row(
+                label, model, metrics, flops, timings, system, device, dense_samples, reference_per_site, str(directory)
+            )
             rows.append(row)
             components.extend(component_rows(row, flops))
     finally:

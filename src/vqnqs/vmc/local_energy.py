@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 
 from vqnqs.models.transformer import AutoregressiveTransformer
+from vqnqs.physics.exact import available_memory_bytes
 from vqnqs.physics.hamiltonian import Hamiltonian
 from vqnqs.vmc.log_psi import LogPsi, flat_connected, make_log_psi
 
@@ -34,8 +35,6 @@ BYTES_PER_CONFIG_SITE = 32
 def check_chunk_fits(hamiltonian: Hamiltonian, chunk_size: int, memory_fraction: float = 0.5) -> None:
     """``ValueError`` naming the size and ``chunk_size``, before any work, when the connected configurations
     of one chunk of samples (``chunk_size x max_connections x N``) cannot fit in the allowed memory."""
-    from vqnqs.physics.exact import available_memory_bytes
-
     need = chunk_size * hamiltonian.max_connections * hamiltonian.n_sites * BYTES_PER_CONFIG_SITE
     have = memory_fraction * available_memory_bytes()
     if need > have:

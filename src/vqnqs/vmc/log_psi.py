@@ -21,6 +21,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from vqnqs.dedup import dedup_log_psi
+from vqnqs.dedup.incremental import incremental_log_prob
+from vqnqs.dedup.phase import dedup_phase
 from vqnqs.models.transformer import AutoregressiveTransformer
 
 ENGINES = ("dense", "dedup", "dedup_no_prefix", "incremental")
@@ -40,24 +43,18 @@ class LogPsi:
         self.count += s.shape[0]
         if self.engine == "dense":
             return self.model.log_psi(s)
-        from vqnqs.dedup import dedup_log_psi  # local: the engine imports the models, not vmc
-
         return dedup_log_psi(self.model, s, prefix_reuse=self.engine != "dedup_no_prefix")
 
     def connected(self, s: Tensor, configs: Tensor, valid: Tensor) -> Tensor:
         """``log psi (B, M)`` of the configurations ``configs (B, M, N)`` connected to ``s (B, N)``; -inf where
         not ``valid``. Every valid configuration of the batch goes to the engine in one call."""
         if self.engine == "incremental":
-            from vqnqs.dedup.incremental import incremental_log_prob
-
             self.count += int(valid.sum())
             log_prob = incremental_log_prob(self.model, s, configs, valid).log_prob.to(valid.device)
             log_psi = torch.where(valid, 0.5 * log_prob, float("-inf"))
             if self.model.phase is None:
                 return log_psi
             # The encoder has no prefix structure to update from: its phase goes through the dedup stages.
-            from vqnqs.dedup.phase import dedup_phase
-
             phase = flat_connected(lambda x: dedup_phase(self.model.phase, x), configs, valid)  # -inf where invalid
             return torch.complex(log_psi, torch.where(valid, phase, 0.0).to(log_psi.dtype))
         return flat_connected(self, configs, valid)

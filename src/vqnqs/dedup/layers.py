@@ -1,4 +1,4 @@
-"""The stages of the dedup forward: one network layer each, on hidden states in compressed ``(I, V)`` form.
+"""The dedup forward layer by layer: one stage per network layer, on hidden states in compressed ``(I, V)`` form.
 
 A batch of hidden states ``(K, T, d)`` is held as ``ids I (K, T)`` int64 into a table ``V (U, d)`` of
 unique rows (:class:`Compressed`). Every per-location operation runs on ``V`` only. Attention mixes the
@@ -46,7 +46,8 @@ from torch import Tensor, nn
 from vqnqs.dedup.keys import pair_ids, tuple_ids
 from vqnqs.dedup.policy import Execution
 from vqnqs.dedup.prefix import PrefixPartition
-from vqnqs.models.transformer import AutoregressiveTransformer, Block
+from vqnqs.models.blocks import Block
+from vqnqs.models.transformer import AutoregressiveTransformer
 
 
 @dataclass
