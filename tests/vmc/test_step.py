@@ -6,7 +6,7 @@ import torch
 from vqnqs.models import AutoregressiveTransformer, TransformerConfig
 from vqnqs.vmc.config import VMCConfig
 from vqnqs.vmc.optim import make_optimizer
-from vqnqs.vmc.step import TrainingError, vmc_step
+from vqnqs.vmc.step import TrainingError, VMCContext, vmc_step
 
 
 @pytest.mark.parametrize("optimizer", ["sr", "adam"])
@@ -18,6 +18,6 @@ def test_a_collapsed_state_stops_before_the_update(chain, monkeypatch, optimizer
     opt = make_optimizer(optimizer, model.parameters(), 0.01)
     vmc = VMCConfig(steps=10, n_samples=16, optimizer=optimizer)
     with pytest.raises(TrainingError, match="step 3: all 16 samples are one configuration"):
-        vmc_step(model, hamiltonian, opt, torch.Generator(), vmc, 3, chunk_size=16, engine="dense")
+        vmc_step(model, vmc, VMCContext(hamiltonian, opt, torch.Generator(), chunk_size=16, engine="dense"), 3)
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name
