@@ -263,7 +263,7 @@ class Stage:
         while self.step < self.total_steps:
             row = self.update()
             self.history.append(row)
-            now = time.perf_counter()
+            now = time.perf_counter()  # the stage's wall time, summed over invocations: the checkpoint holds it
             self.wall_time_s, tick = self.wall_time_s + now - tick, now
             for callback in callbacks:
                 callback(self.step, row)

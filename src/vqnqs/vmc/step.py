@@ -1,6 +1,7 @@
 """One parameter update: the VMC step (energy, SR or Adam) and the distillation fit step (L2 to a teacher).
 
-VMC step (``step`` counts completed updates, 1-based)::
+VMC step, ``vmc_step(model, vmc, context, step)`` (``step`` counts completed updates, 1-based; ``vmc`` the
+:class:`VMCConfig`; ``context`` the :class:`VMCContext` of what the phase holds fixed)::
 
     s      = model.sample(n_samples)                           (Ns, N)  exact, independent samples of |psi|^2
     s_u, w = distinct rows of s, their frequencies             (U, N), (U,)
