@@ -41,7 +41,7 @@ from vqnqs.profiling.timing import environment, load_average
 from vqnqs.stages.config import DTYPES, TrainConfig
 from vqnqs.vmc.log_psi import ENGINES
 from vqnqs.vmc.optim import make_optimizer
-from vqnqs.vmc.step import STEP_PARTS, vmc_step
+from vqnqs.vmc.step import STEP_PARTS, VMCContext, vmc_step
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("baseline", "vq")
@@ -113,8 +113,8 @@ def make_run(args: argparse.Namespace, hamiltonian, model_name: str, engine: str
 def iterate(run: dict, hamiltonian) -> object:
     run["step"] += 1
     config = run["config"]
-    return vmc_step(run["model"], hamiltonian, run["optimizer"], run["generator"], config, run["step"],
-                    chunk_size=config.chunk_size, engine=config.engine)  # fmt: skip
+    context = VMCContext(hamiltonian, run["optimizer"], run["generator"], config.chunk_size, config.engine)
+    return vmc_step(run["model"], config, context, run["step"])
 
 
 def measure(args: argparse.Namespace, system: str, size: str) -> list[dict]:

@@ -12,7 +12,7 @@ from vqnqs.physics.hamiltonian import build_hamiltonian
 from vqnqs.vmc.checkpoint import build_from_state, model_config_to_dict
 from vqnqs.vmc.config import VMCConfig
 from vqnqs.vmc.optim import make_optimizer
-from vqnqs.vmc.step import fit_distance, vmc_step
+from vqnqs.vmc.step import VMCContext, fit_distance, vmc_step
 
 
 def marshall_agreement(model: AutoregressiveTransformer, hamiltonian) -> float:
@@ -42,8 +42,9 @@ def test_a_phase_network_trained_without_the_sign_rule_finds_marshalls_signs():
     optimizer = make_optimizer("sr", model.parameters(), vmc.lr)
     generator = torch.Generator().manual_seed(1)
     assert marshall_agreement(model, hamiltonian) < 0.9
+    context = VMCContext(hamiltonian, optimizer, generator, chunk_size=1024, engine="dedup")
     for step in range(1, vmc.steps + 1):
-        vmc_step(model, hamiltonian, optimizer, generator, vmc, step, chunk_size=1024, engine="dedup")
+        vmc_step(model, vmc, context, step)
     assert marshall_agreement(model, hamiltonian) >= 0.999
 
 

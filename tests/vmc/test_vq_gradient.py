@@ -105,8 +105,9 @@ def test_codebook_upkeep_runs_identically_under_adam_and_sr(monkeypatch, optimiz
     monkeypatch.setattr(step_module, "codebook_upkeep", recorded)
     vmc = VMCConfig(steps=4, n_samples=64, lr=0.01, lr_final=0.01)
     generator = torch.Generator().manual_seed(0)
+    context = step_module.VMCContext(hamiltonian, opt, generator, chunk_size=64, engine="dedup")
     for step in range(1, 5):
-        step_module.vmc_step(model, hamiltonian, opt, generator, vmc, step, chunk_size=64, engine="dedup")
+        step_module.vmc_step(model, vmc, context, step)
         assert len(calls) == step
         before, samples, rng, after = calls[-1]
         for key, value in model.state_dict().items():

@@ -37,7 +37,7 @@ from vqnqs.vmc.cost import estimate_line, fit_step_flops, measure_rate, vmc_step
 from vqnqs.vmc.enumeration import exact_metrics
 from vqnqs.vmc.evaluation import dedup_check, energy_metrics, fidelity, relative_error, sampled_energy
 from vqnqs.vmc.optim import make_optimizer
-from vqnqs.vmc.step import TrainingError, fit_step, vmc_step
+from vqnqs.vmc.step import TrainingError, VMCContext, fit_step, vmc_step
 
 # Dense and dedup local energies of the student must agree to this relative difference of their means.
 DEDUP_TOLERANCE = 1e-6
@@ -187,8 +187,11 @@ class Distiller(Stage):
         step = self.step + 1
         self.student.train()  # straight-through derivatives of the codes (eq. 8)
         finetune = self.laid_out(self.finetune, "finetune_steps")
-        vmc = (self.student, self.hamiltonian, self.vmc_optimizer, self.generator, finetune, step)
-        result = vmc_step(*vmc, chunk_size=self.config.chunk_size, engine="dedup", offset=self.config.steps)
+        config = self.config
+        context = VMCContext(
+            self.hamiltonian, self.vmc_optimizer, self.generator, config.chunk_size, "dedup", offset=config.steps
+        )
+        result = vmc_step(self.student, finetune, context, step)
         self.step = step
         energy = energy_metrics(result.stats, self.hamiltonian.n_sites, self.reference)
         energy.pop("variance")

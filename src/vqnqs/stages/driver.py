@@ -12,8 +12,9 @@ The driver owns the rest (``run``), the same for every stage::
     resume      checkpoint.pt in the out dir -> restore (same config up to RESUME_MAY_CHANGE, same system,
                 device and stage identity; another config or a stale identity -> start afresh, saying so)
     estimate    the time of the steps left, printed before the first (``cost_estimates``)
-    loop        update() until total_steps; each row to the history and to MLflow; a tqdm bar;
-                checkpoint.pt and history.csv every ``checkpoint_every`` steps and at the last
+    loop        update() until total_steps; each row to the history, then to the callbacks
+                (:mod:`vqnqs.stages.callbacks`): the tqdm bar; every ``checkpoint_every`` steps and at the
+                last checkpoint.pt, history.csv and the MLflow flush
     outputs     evaluate(); model.pt, then metrics.json (present means complete), all written atomically;
                 final metrics and the files as MLflow artifacts
 
@@ -28,7 +29,6 @@ from that one checkpoint (on a file system they share), which must have been wri
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import itertools
 import sys
@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from vqnqs.io import atomic_open, ensure_writable_dir, write_json
+from vqnqs.io import ensure_writable_dir, write_json
 from vqnqs.models import AutoregressiveTransformer
 from vqnqs.physics.hamiltonian import Hamiltonian
+from vqnqs.stages.callbacks import Callback, Checkpoints, HistoryFile, MLflowLogger, ProgressBar
 from vqnqs.stages.config import RESUME_MAY_CHANGE, Config, resolve_device
 from vqnqs.stages.inputs import system_info
 from vqnqs.tracking import Run
@@ -159,7 +159,7 @@ class Stage:
         return self.out_dir / CHECKPOINT_FILE
 
     def save(self) -> None:
-        """checkpoint.pt (atomic), then history.csv rewritten from it (by rank 0; every rank takes part)."""
+        """checkpoint.pt, atomically (by rank 0; every rank takes part)."""
         streams = {name: g.get_state() for name, g in self.generators.items()}
         if self.world.size > 1:  # each stream as (ranks, state bytes): every rank restores its own row
             streams = {name: self.world.gather(state[None].to(self.device)).cpu() for name, state in streams.items()}
@@ -186,13 +186,6 @@ class Stage:
             **self.state_dict(),
         }
         save_checkpoint(self.checkpoint_path, payload)
-        self.write_history()
-
-    def write_history(self) -> None:
-        with atomic_open(self.out_dir / HISTORY_FILE) as handle:
-            writer = csv.DictWriter(handle, fieldnames=self.history_columns)
-            writer.writeheader()
-            writer.writerows(self.history)
 
     def restore(self) -> None:
         """Continue from checkpoint.pt; :class:`StaleCheckpoint` if it was written with other settings."""
@@ -246,40 +239,34 @@ class Stage:
 
     # --- the run ---
 
-    def log_rows(self, tracker: Run, rows: list[dict]) -> None:
-        for row in rows:
-            tracker.log_metrics(
-                {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}, row["step"]
-            )
+    def checkpoint_due(self, step: int) -> bool:
+        """Whether update ``step`` ends with a checkpoint: every ``checkpoint_every`` steps and the last."""
+        return step % self.config.checkpoint_every == 0 or step == self.total_steps
 
-    def log_missing_rows(self, tracker: Run) -> None:
-        """Send the checkpointed rows the run lacks: a kill between a checkpoint and its flush loses them."""
-        if self.history:
-            logged = tracker.last_step("lr")  # every row of every stage has its learning rate
-            self.log_rows(tracker, [row for row in self.history if int(row["step"]) > logged])
+    def history_file(self) -> HistoryFile:
+        return HistoryFile(self.out_dir / HISTORY_FILE, self.history_columns, self.history, self.checkpoint_due)
 
-    def loop(self, tracker: Run | None, progress: bool | None) -> tuple[int, float]:
-        """``update()`` until ``total_steps`` with history, MLflow, bar and checkpoints; (updates, seconds)."""
-        first_step, start = self.step, time.perf_counter()
-        tick = start
-        disable = None if progress is None else not progress  # None: tqdm shows the bar on a terminal only
-        disable = disable if self.world.is_main else True
-        with tqdm(
-            total=self.total_steps, initial=self.step, desc=self.label, disable=disable, dynamic_ncols=True
-        ) as bar:
-            while self.step < self.total_steps:
-                row = self.update()
-                self.history.append(row)
-                if tracker is not None:
-                    self.log_rows(tracker, [row])
-                bar.update(1)
-                bar.set_postfix_str(self.postfix(row))
-                self.wall_time_s += time.perf_counter() - tick
-                tick = time.perf_counter()
-                if self.step % self.config.checkpoint_every == 0 or self.step == self.total_steps:
-                    self.save()
-                    if tracker is not None:
-                        tracker.flush()
+    def callbacks(self, bar: ProgressBar, mlflow: MLflowLogger | None) -> list[Callback]:
+        """What follows each update, in order (:mod:`vqnqs.stages.callbacks`): the bar; at the checkpoint steps
+        checkpoint.pt (every rank), then history.csv and the MLflow flush (rank 0)."""
+        callbacks: list[Callback] = [bar, Checkpoints(self.save, self.checkpoint_due)]
+        if self.world.is_main:
+            callbacks.append(self.history_file())
+        if mlflow is not None:
+            callbacks.append(mlflow)
+        return callbacks
+
+    def loop(self, callbacks: list[Callback]) -> tuple[int, float]:
+        """``update()`` until ``total_steps``, each row to the history, then to ``callbacks``; (updates, seconds)."""
+        first_step = self.step
+        start = tick = time.perf_counter()
+        while self.step < self.total_steps:
+            row = self.update()
+            self.history.append(row)
+            now = time.perf_counter()  # the stage's wall time, summed over invocations: the checkpoint holds it
+            self.wall_time_s, tick = self.wall_time_s + now - tick, now
+            for callback in callbacks:
+                callback(self.step, row)
         return self.step - first_step, time.perf_counter() - start
 
     def set_aside(self) -> Path | None:
@@ -335,16 +322,27 @@ class Stage:
         """
         if resume:
             self.resume()
-        if tracker is not None:
+        mlflow = None
+        if tracker is not None:  # the checkpoints name the run; a resumed one first sends what a kill lost
             self.run_id = tracker.run_id
-            self.log_missing_rows(tracker)
+            mlflow = MLflowLogger(tracker, self.checkpoint_due)
+            mlflow.log_missing(self.history)
         if self.step < self.total_steps and self.world.is_main:
             for line in self.cost_estimates():
                 print(line, file=sys.stderr)
-        steps_run, seconds = self.loop(tracker, progress)
+        show = progress if self.world.is_main else False
+        with ProgressBar(self.total_steps, self.step, self.label, self.postfix, show) as bar:
+            steps_run, seconds = self.loop(self.callbacks(bar, mlflow))
         if not steps_run and self.world.is_main:  # a finished checkpoint: a pipeline's rerun may have removed
-            self.write_history()  # its history.csv
+            self.history_file().write()  # its history.csv
+        metrics, model, info = self.final_metrics(steps_run, seconds)
+        if self.world.is_main:
+            self.write_outputs(metrics, model, info, mlflow)
+        return metrics
 
+    def final_metrics(self, steps_run: int, seconds: float) -> tuple[dict, AutoregressiveTransformer, dict]:
+        """``evaluate()`` with the entries every stage's metrics.json has (every rank); the model for model.pt
+        and its info. ``steps_run`` updates took ``seconds`` in this invocation."""
         eval_start = time.perf_counter()
         metrics = self.evaluate()
         eval_time = time.perf_counter() - eval_start
@@ -363,20 +361,20 @@ class Stage:
                 **system_info(self.hamiltonian),
             }
         )
-        if not self.world.is_main:
-            return metrics
+        return metrics, model, info
+
+    def write_outputs(
+        self, metrics: dict, model: AutoregressiveTransformer, info: dict, mlflow: MLflowLogger | None
+    ) -> None:
+        """model.pt, then metrics.json (present means complete), each atomically; with MLflow, model.pt as a
+        logged model that metrics.json names, the final metrics and the files as artifacts (rank 0)."""
         save_model(self.out_dir / MODEL_FILE, model, info)
-        if tracker is not None:  # model.pt as an MLflow logged model; metrics.json names it
-            metrics["mlflow_model_id"] = tracker.log_model([self.out_dir / MODEL_FILE], self.step)
+        if mlflow is not None:
+            metrics["mlflow_model_id"] = mlflow.tracker.log_model([self.out_dir / MODEL_FILE], self.step)
         write_json(self.out_dir / METRICS_FILE, metrics)  # last: metrics.json present means the stage is complete
-        if tracker is not None:
-            final = {f"final_{key}": metrics.get(key) for key in self.final_keys}
-            numbers = {k: v for k, v in final.items() if isinstance(v, (int, float))}
-            tracker.log_metrics(numbers, self.step, model_id=metrics["mlflow_model_id"])
-            tracker.flush()
-            for name in (METRICS_FILE, HISTORY_FILE, CHECKPOINT_FILE):
-                tracker.log_artifact(self.out_dir / name)
-        return metrics
+        if mlflow is not None:
+            files = [self.out_dir / name for name in (METRICS_FILE, HISTORY_FILE, CHECKPOINT_FILE)]
+            mlflow.log_outputs(metrics, self.final_keys, self.step, files)
 
 
 def mean_step_seconds(rows: list[dict]) -> float | None:

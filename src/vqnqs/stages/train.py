@@ -31,7 +31,7 @@ from vqnqs.vmc.distributed import SINGLE, World, rank_generators
 from vqnqs.vmc.enumeration import exact_metrics
 from vqnqs.vmc.evaluation import energy_metrics, sampled_energy
 from vqnqs.vmc.optim import make_optimizer
-from vqnqs.vmc.step import STEP_PARTS, vmc_step
+from vqnqs.vmc.step import STEP_PARTS, VMCContext, vmc_step
 
 HISTORY_COLUMNS = (
     "step",  # completed updates
@@ -106,8 +106,10 @@ class Trainer(Stage):
         """Sample, estimate the energy, update the parameters once; returns the history row of this step."""
         config, step = self.config, self.step + 1
         start = time.perf_counter()
-        vmc = (self.model, self.hamiltonian, self.optimizer, self.generator, self.laid_out(config), step)
-        result = vmc_step(*vmc, chunk_size=config.chunk_size, engine=config.engine, world=self.world)
+        context = VMCContext(
+            self.hamiltonian, self.optimizer, self.generator, config.chunk_size, config.engine, world=self.world
+        )
+        result = vmc_step(self.model, self.laid_out(config), context, step)
         self.step = step
         elapsed = time.perf_counter() - start
         return {

@@ -26,7 +26,7 @@ import contextlib
 import datetime
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -108,6 +108,11 @@ class World:
         pieces = [torch.empty_like(padded) for _ in range(self.size)]
         self._timed(dist.all_gather, pieces, padded)
         return torch.cat([piece[:size] for piece, size in zip(pieces, sizes, strict=True)])
+
+    def map_rows(self, row_wise: Callable[[Tensor], Tensor], rows: Tensor) -> Tensor:
+        """``row_wise(rows)`` of every row ``(U, ...)``, each rank evaluating its :meth:`share`, the results
+        gathered in rank order on every rank: ``gather_shares(row_wise(share(rows)), U)``."""
+        return self.gather_shares(row_wise(self.share(rows)), len(rows))
 
     def gather(self, piece: Tensor) -> Tensor:
         """Equal-sized ``piece (n, ...)`` of every rank, concatenated in rank order: ``(P n, ...)``."""

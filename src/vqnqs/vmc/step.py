@@ -1,6 +1,7 @@
 """One parameter update: the VMC step (energy, SR or Adam) and the distillation fit step (L2 to a teacher).
 
-VMC step (``step`` counts completed updates, 1-based)::
+VMC step, ``vmc_step(model, vmc, context, step)`` (``step`` counts completed updates, 1-based; ``vmc`` the
+:class:`VMCConfig`; ``context`` the :class:`VMCContext` of what the phase holds fixed)::
 
     s      = model.sample(n_samples)                           (Ns, N)  exact, independent samples of |psi|^2
     s_u, w = distinct rows of s, their frequencies             (U, N), (U,)
@@ -29,10 +30,11 @@ when every sample is the same configuration (a collapsed state: SR would divide 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -76,94 +78,141 @@ class VMCStepResult:
     communication_s: float  # of that, wall time inside collectives (0 on one process)
 
 
+@dataclass(frozen=True)
+class VMCContext:
+    """What a VMC phase holds fixed from step to step, besides the model and its :class:`VMCConfig`."""
+
+    hamiltonian: Hamiltonian
+    optimizer: torch.optim.Optimizer  # an SR (minSR, SPRING), or any other for the eq. 3 gradient (Adam)
+    # This process's sampler stream, or several (draw: an equal part of this process's samples from each, e.g.
+    # one process standing in for P ranks).
+    streams: torch.Generator | Sequence[torch.Generator]
+    chunk_size: int  # configurations per network call of the local energy and the log-derivatives
+    engine: str  # the local-energy engine (vqnqs.vmc.log_psi.ENGINES)
+    offset: int = 0  # updates before this phase: the schedules run at step - offset
+    world: World = field(default_factory=lambda: SINGLE)  # the ranks sharing each batch of VMCConfig.n_samples
+
+
 # The parts of a VMC step, timed separately: drawing the samples; their local energies; the log-derivatives
 # (SR) or the eq. 3 backward pass (Adam); the SR solve and the update; the codebook upkeep (VQ models).
 STEP_PARTS = ("sampling", "local_energy", "gradient", "sr", "upkeep")
 
 
-class _Stopwatch:
-    """Seconds since the last ``lap``, collected by name: ``watch.lap("sampling")`` after drawing them."""
+class StepTimer:
+    """Wall time of the parts of one step, ``with timer("sampling"): ...``, and of the collectives inside it."""
 
-    def __init__(self) -> None:
+    def __init__(self, world: World) -> None:
         self.seconds: dict[str, float] = dict.fromkeys(STEP_PARTS, 0.0)
-        self.last = time.perf_counter()
+        self.world, self.waited = world, world.seconds
 
-    def lap(self, part: str) -> float:
-        now = time.perf_counter()
-        self.seconds[part] += now - self.last
-        self.last = now
-        return self.seconds[part]
+    @contextlib.contextmanager
+    def __call__(self, part: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[part] += time.perf_counter() - start
+
+    @property
+    def communication_s(self) -> float:
+        return self.world.seconds - self.waited
 
 
-def vmc_step(
-    model: AutoregressiveTransformer,
-    hamiltonian: Hamiltonian,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator | Sequence[torch.Generator],
-    vmc: VMCConfig,
-    step: int,
-    *,
-    chunk_size: int,
-    engine: str,
-    offset: int = 0,
-    world: World = SINGLE,
-) -> VMCStepResult:
-    """Update ``step`` (1-based, ``offset`` of them before this VMC phase) of ``model`` (module docstring):
-    SR (minSR, SPRING) when ``optimizer`` is an :class:`~vqnqs.vmc.optim.SR`, else the eq. 3 gradient for it
-    (Adam); learning rate and diagonal shift from ``vmc``'s schedules at ``step - offset``.
-
-    ``generator``: this process's sampler stream, or several (:func:`~vqnqs.vmc.distributed.draw`: an equal
-    part of this process's samples from each, e.g. one process standing in for P ranks); ``world``: the
-    ranks sharing the batch of ``vmc.n_samples``."""
-    n_samples = vmc.n_samples  # of all ranks together
-    lr, diag_shift = vmc.lr_at(step - offset), vmc.diag_shift_at(step - offset)
+def vmc_step(model: AutoregressiveTransformer, vmc: VMCConfig, context: VMCContext, step: int) -> VMCStepResult:
+    """Update ``step`` (1-based) of ``model`` (module docstring): SR (minSR, SPRING) when the optimiser is an
+    :class:`~vqnqs.vmc.optim.SR`, else the eq. 3 gradient for it (Adam); learning rate and diagonal shift from
+    ``vmc``'s schedules at ``step - context.offset``."""
+    optimizer, world, timer = context.optimizer, context.world, StepTimer(context.world)
+    hamiltonian, chunk = context.hamiltonian, context.chunk_size
+    lr, diag_shift = vmc.lr_at(step - context.offset), vmc.diag_shift_at(step - context.offset)
     set_lr(optimizer, lr)
-    watch, waited = _Stopwatch(), world.seconds
-    streams = [generator] if isinstance(generator, torch.Generator) else generator
-    samples = world.gather(draw(model, n_samples // world.size, streams))  # (Ns, N), the same on every rank
-    # Exact samples repeat, the more so the closer psi gets to the ground state: evaluate each distinct
-    # configuration once, weighted by its frequency. Every estimate below is that of the full batch.
-    distinct, counts = torch.unique(samples, dim=0, return_counts=True)  # (U, N), (U,)
-    if len(distinct) == 1:  # every estimate below would be of one configuration: no variance, no direction
+    with timer("sampling"):
+        s, s_u, w = sample(model, vmc.n_samples, context.streams, world, step)  # (Ns, N), (U, N), (U,)
+    with timer("local_energy"):
+        log_psi = make_log_psi(model, context.engine)
+        e_loc = world.map_rows(lambda x: local_energy(hamiltonian, log_psi, x, chunk_size=chunk), s_u)  # (U,)
+    sr = isinstance(optimizer, SR)
+    with timer("gradient"):
+        stats = energy_statistics(finite_energies(e_loc, step), w, vmc.n_samples)
+        optimizer.zero_grad(set_to_none=True)
+        if sr:  # O = d log psi(s_u) / dθ, (U, Np) in parameter order
+            o = world.map_rows(lambda x: log_derivatives(model, x, chunk), s_u)
+        else:  # dE/dθ of eq. 3, (Np,)
+            direction = gradient = energy_gradient(model, optimizer, s_u, e_loc, w, stats.mean, world)
+    with timer("sr"):
+        if sr:  # the minSR / full-S solve with SPRING momentum
+            previous = optimizer.previous_direction()
+            direction, gradient = sr_direction(o, e_loc, diag_shift, w, previous, vmc.sr_momentum, world=world)
+        grad_norm = apply_update(optimizer, direction, gradient, step)
+    with timer("upkeep"):
+        codebook_upkeep(model, s)
+    eloc_rate = log_psi.count / timer.seconds["local_energy"]
+    return VMCStepResult(stats, lr, diag_shift, grad_norm, len(s_u), eloc_rate, timer.seconds, timer.communication_s)
+
+
+def sample(
+    model: AutoregressiveTransformer,
+    n_samples: int,
+    streams: torch.Generator | Sequence[torch.Generator],
+    world: World,
+    step: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``s (Ns, N)``: ``n_samples`` exact samples of |psi|^2 of all ranks (each rank ``n_samples / P`` from its
+    ``streams``, gathered in rank order; the same on every rank), its distinct rows ``s_u (U, N)`` and their
+    frequencies ``w (U,)`` (float64, summing to 1). :class:`TrainingError` if ``U == 1`` (a collapsed state:
+    every estimate would be of one configuration, with no variance and no direction)."""
+    streams = [streams] if isinstance(streams, torch.Generator) else streams
+    samples = world.gather(draw(model, n_samples // world.size, streams))
+    # Exact samples repeat, the more so the closer psi gets to the ground state: the step evaluates each
+    # distinct configuration once, weighted by its frequency; every estimate is that of the full batch.
+    distinct, counts = torch.unique(samples, dim=0, return_counts=True)
+    if len(distinct) == 1:
         raise TrainingError(
             f"step {step}: all {n_samples} samples are one configuration: the state collapsed (lower lr, or raise "
             "diag_shift)"
         )
-    weights = counts.to(torch.float64) / n_samples
-    log_psi = make_log_psi(model, engine)
-    watch.lap("sampling")
-    mine = world.share(distinct)  # (U_r, N): this rank's distinct configurations
-    e_loc = world.gather_shares(local_energy(hamiltonian, log_psi, mine, chunk_size=chunk_size), len(distinct))  # (U,)
-    eloc_time = watch.lap("local_energy")
+    return samples, distinct, counts.to(torch.float64) / n_samples
+
+
+def finite_energies(e_loc: torch.Tensor, step: int) -> torch.Tensor:
+    """``e_loc``, or :class:`TrainingError` naming ``step`` if any local energy is NaN or infinite."""
     if not torch.isfinite(e_loc).all():
         bad = int((~torch.isfinite(e_loc)).sum())
         raise TrainingError(f"step {step}: {bad} of {len(e_loc)} local energies are NaN or infinite")
-    stats = energy_statistics(e_loc, weights, n_samples)
+    return e_loc
 
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    optimizer.zero_grad(set_to_none=True)
-    if isinstance(optimizer, SR):
-        o = world.gather_shares(log_derivatives(model, mine, chunk_size), len(distinct))  # (U, Np), parameter order
-        watch.lap("gradient")
-        previous = optimizer.previous_direction()
-        direction, gradient = sr_direction(o, e_loc, diag_shift, weights, previous, vmc.sr_momentum, world=world)
-        set_gradients(params, direction)
-    else:
-        loss = energy_loss(model.log_psi(mine), world.share(e_loc), world.share(weights), stats.mean)  # eq. 3
-        loss.backward()
-        gradient = world.sum_(torch.cat([p.grad.reshape(-1) for p in params]))  # (Np,) of the whole batch
-        set_gradients(params, gradient)
-        watch.lap("gradient")
+
+def optimized_parameters(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
+    """The parameters of ``optimizer``, group after group: the order of ``O``'s columns and flat gradients."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def energy_gradient(
+    model: AutoregressiveTransformer,
+    optimizer: torch.optim.Optimizer,
+    s_u: torch.Tensor,
+    e_loc: torch.Tensor,
+    w: torch.Tensor,
+    energy: float,
+    world: World,
+) -> torch.Tensor:
+    """dE/dθ ``(Np,)`` of the whole batch (eq. 3): each rank back-propagates the surrogate loss on its share of
+    the distinct configurations ``s_u (U, N)``, with their ``e_loc``, weights ``w`` and the energy ``E`` of all
+    of them; the ranks' gradients are summed."""
+    mine = world.share(s_u)
+    energy_loss(model.log_psi(mine), world.share(e_loc), world.share(w), energy).backward()
+    return world.sum_(torch.cat([p.grad.reshape(-1) for p in optimized_parameters(optimizer)]))
+
+
+def apply_update(optimizer: torch.optim.Optimizer, direction: torch.Tensor, gradient: torch.Tensor, step: int) -> float:
+    """The optimiser's step along ``direction (Np,)`` (written into the parameters' gradients); returns
+    ``|gradient|``. :class:`TrainingError` naming ``step``, before the parameters change, if either is NaN or
+    infinite."""
+    params = optimized_parameters(optimizer)
+    set_gradients(params, direction)
     grad_norm = gradient.norm().item()
     if not math.isfinite(grad_norm) or not all(torch.isfinite(p.grad).all() for p in params):
         raise TrainingError(f"step {step}: the gradient or update direction is NaN or infinite")
     optimizer.step()
-    watch.lap("sr")  # the solve and the update (Adam: its update alone)
-    codebook_upkeep(model, samples)
-    watch.lap("upkeep")
-    configs_per_s = log_psi.count / eloc_time
-    communication = world.seconds - waited
-    return VMCStepResult(stats, lr, diag_shift, grad_norm, len(distinct), configs_per_s, watch.seconds, communication)
+    return grad_norm
 
 
 @dataclass(frozen=True)
