@@ -90,7 +90,7 @@ class TransformerConfig(ModelShape, LatticeShape):
         object.__setattr__(self, "lattice_shape", tuple(int(d) for d in self.lattice_shape))
         if self.patch is None:
             object.__setattr__(self, "patch", default_patch(self.lattice_shape))
-        if self.d_ff is None and isinstance(self.d_model, int):
+        if self.d_ff is None and isinstance(self.d_model, int):  # a d_model of another type: refused below
             object.__setattr__(self, "d_ff", 4 * self.d_model)
         check_knobs(self, ModelShape)
         self.check()

@@ -79,7 +79,11 @@ MODELS = ("baseline", "vq")
 
 @dataclass(frozen=True)
 class TrainConfig(RunConfig, QuantizerConfig, ModelShape, VMCConfig):
-    """Everything a training run depends on; ``train`` in params.yaml and ``--set`` fill it."""
+    """Everything a training run depends on; ``train`` in params.yaml and ``--set`` fill it.
+
+    The knobs of the VMC run, the model's shape, its codebooks and the run side by side (the ``train``
+    section is flat: ``train: {d_model: 32, steps: 1800}``), hence one base class each.
+    """
 
     section = "train"
     # Local-energy engine (vqnqs.vmc.log_psi), each exactly the dense forward reorganised: 'dedup' (attention
