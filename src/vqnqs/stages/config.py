@@ -6,14 +6,15 @@
                      TransformerConfig is a ModelShape on a lattice)
     CodebookConfig   codes, their initialisation and upkeep     (models; the model's VQConfig adds heads)
     QuantizerConfig  = CodebookConfig whose codes give whole bits  (train's model 'vq', distill's student)
-    RunConfig        precision, memory chunks, checkpoints, evaluation samples, seed, device, threads
+    ExecutionConfig  seed, device, CPU threads                   (train, distill, profile)
+    RunConfig        + precision, memory chunks, checkpoints, evaluation samples  (train, distill)
     TrainConfig      = VMCConfig + ModelShape + QuantizerConfig + RunConfig + the local-energy engine (flat:
                      ``train: {d_model: 32, steps: ...}``)
     StudentShape     ModelShape's knobs, each None = the teacher's   (distill)
     FinetuneConfig   = VMCConfig with distill's defaults            (distill's nested ``finetune`` section)
     DistillConfig    = ScheduleConfig (the L2 fit) + QuantizerConfig + StudentShape + ``finetune`` +
                        evaluation + RunConfig
-    ProfileConfig    the profile stage's batches, timing and devices
+    ProfileConfig    = ExecutionConfig + the profile stage's batches, timing and timing devices
 
 The params file's ``train``, ``distill`` and ``profiling`` sections are these classes' fields
 (``params.schema.json`` is generated from them: :mod:`vqnqs.schema`). Measured effects of the defaults
@@ -42,7 +43,21 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass(frozen=True)
-class RunConfig(Config):
+class ExecutionConfig(Config):
+    """Where a stage runs and from which seed (train, distill, profile)."""
+
+    # Seed of the random streams: parameter initialisation and samplers (the distiller's monitor stream uses
+    # seed + 1; the profile's batch i seed + i). torch takes 64 bits.
+    seed: int = knob(0, minimum=0, maximum=SEED_MAX)
+    # Where the network runs (and the profile draws samples and counts FLOPs): 'auto' (CUDA when available) |
+    # 'cpu' | 'cuda'.
+    device: str = knob("auto", choices=DEVICES)
+    # torch CPU threads; None leaves torch's default.
+    threads: int | None = knob(None, minimum=1)
+
+
+@dataclass(frozen=True)
+class RunConfig(ExecutionConfig):
     # Precision of the network: 'float32' | 'float64' (local energies and SR solves are always float64).
     dtype: str = knob("float32", choices=tuple(DTYPES))
     # Samples per batch in local energies, per-sample gradients and evaluations (memory bound).
@@ -51,13 +66,6 @@ class RunConfig(Config):
     checkpoint_every: int = knob(100, minimum=1)
     # Fresh exact samples for the final energy estimate.
     eval_samples: int = knob(2**15, minimum=2, why=AT_LEAST_TWO)
-    # Seed of the parameter initialisation and of the samplers' random streams (torch takes 64 bits; the
-    # distiller's monitor stream uses seed + 1).
-    seed: int = knob(0, minimum=0, maximum=SEED_MAX)
-    # 'auto' (CUDA when available) | 'cpu' | 'cuda'.
-    device: str = knob("auto", choices=DEVICES)
-    # torch CPU threads; None leaves torch's default.
-    threads: int | None = knob(None, minimum=1)
 
 
 @dataclass(frozen=True)
@@ -221,7 +229,7 @@ TIMING_DEVICES_SCHEMA = {
 
 
 @dataclass(frozen=True)
-class ProfileConfig(Config):
+class ProfileConfig(ExecutionConfig):
     """Settings of the profile stage (``profiling`` in params.yaml, then ``--set KEY=VALUE``)."""
 
     section = "profiling"
@@ -234,19 +242,14 @@ class ProfileConfig(Config):
     warmup: int = knob(1, minimum=0)
     # Samples per local-energy chunk (None: the whole batch), as in local_energy(chunk_size=...).
     chunk_size: int | None = knob(None, minimum=1)
-    seed: int = knob(0, minimum=0, maximum=SEED_MAX)
     # Count the dense path on this many samples per batch, scaled by the batch's connected configurations
     # (the dense cost per configuration is fixed, so this is exact for the network's ops); None: all.
     dense_samples: int | None = knob(None, minimum=1)
     # Add the elementwise ops (LayerNorm, GELU, softmax, adds...) to the matmul FLOPs.
     elementwise: bool = knob(True)
-    # Where samples are drawn and FLOPs counted: "auto" (cuda if available, else cpu), "cpu", "cuda".
-    device: str = knob("auto", choices=DEVICES)
     # Where both paths are timed: "auto" (cpu, and cuda when available), one device, or a list such as
     # [cpu, cuda]. The first is reported in time_dense_s / time_dedup_s; each gets time_*_s_<device> columns.
     timing_devices: tuple[str, ...] | str = knob("auto", schema=TIMING_DEVICES_SCHEMA, why="auto, cpu, cuda or a list")
-    # Intra-op CPU threads during the stage (None: torch's default).
-    threads: int | None = knob(None, minimum=1)
 
     def check(self) -> None:
         devices = self.timing_devices
