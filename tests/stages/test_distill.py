@@ -288,6 +288,19 @@ def test_resume_continues_the_same_trajectory(tmp_path, chain, teacher_dir, monk
     assert [r["energy_per_site"] for r in resumed_rows] == [r["energy_per_site"] for r in rows]  # monitor stream
 
 
+def test_more_finetuning_updates_continue_a_finished_distillation(tmp_path, chain, teacher_dir):
+    """finetune.steps may grow on resume (a nested knob, compared by its dotted key): the run goes on."""
+    finetune = {"steps": 3, "n_samples": 32}
+    distiller(tmp_path, chain, teacher_dir, steps=4, finetune=finetune).run(progress=False)
+    extended = distiller(tmp_path, chain, teacher_dir, steps=4, finetune={**finetune, "steps": 5})
+    extended.resume(on_change="refuse")
+    assert extended.step == 7
+    assert extended.run(progress=False)["steps"] == 9
+    assert load_checkpoint(tmp_path / "out" / "checkpoint.pt")["laid_for"] == {"finetune.steps": 3}
+    with pytest.raises(CheckpointError, match="finetune.lr"):  # another fine-tuning knob is a change
+        distiller(tmp_path, chain, teacher_dir, steps=4, finetune={**finetune, "steps": 5, "lr": 0.5}).resume("refuse")
+
+
 def test_resume_with_other_settings_or_teacher_starts_afresh(tmp_path, chain, teacher_dir, capsys):
     distiller(tmp_path, chain, teacher_dir, steps=4).run(progress=False)
     # Another bandwidth in the same out dir is a mistake, not a rerun: refused.
