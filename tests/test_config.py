@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vqnqs.config import ParamsError, load_params, params_schema, validate_params
+from vqnqs.config import ParamsError, load_params, params_schema, section_mapping, validate_params
 from vqnqs.schema import SCHEMA_FILE
-from vqnqs.stages.config import DistillConfig, ProfileConfig, TrainConfig
+from vqnqs.stages.config import DistillConfig, FinetuneConfig, ProfileConfig, TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROFILES = sorted((REPO_ROOT / "config").glob("*.yaml"))  # params.yaml is the default
@@ -23,10 +23,21 @@ def test_every_profile_validates(path):
 
 
 def test_schema_sections_mirror_the_stage_configs():
-    """The schema lists exactly the fields of each stage's config dataclass (no drift either way)."""
+    """The schema lists exactly the fields of each stage's config dataclass (no drift either way), a nested
+    section's as a nested object that refuses other keys."""
     defs = params_schema()["$defs"]
     for section, config in (("train", TrainConfig), ("distill", DistillConfig), ("profiling", ProfileConfig)):
         assert set(defs[section]["properties"]) == {f.name for f in dataclasses.fields(config)}, section
+    finetune = defs["distill"]["properties"]["finetune"]
+    assert finetune["additionalProperties"] is False
+    assert set(finetune["properties"]) == {f.name for f in dataclasses.fields(FinetuneConfig)}
+
+
+def test_a_runs_nested_section_merges_key_by_key():
+    """systems.<run>.distill.finetune changes only the keys it gives, over distill.finetune (then --set)."""
+    params = {"distill": {"steps": 5, "finetune": {"steps": 10, "lr": 0.1}}}
+    entry = {"distill": {"finetune": {"lr": 0.2}}}
+    assert section_mapping(params, entry, ("distill",)) == {"steps": 5, "finetune": {"steps": 10, "lr": 0.2}}
 
 
 def default_params() -> dict:
@@ -46,6 +57,13 @@ def default_params() -> dict:
         (("train", "optimizer"), "sgd", "train.optimizer"),
         (("train", "stepz"), 5, "train"),
         (("distill", "lr"), 0, "distill.lr"),
+        (("distill", "finetune"), {"steps": -1}, "distill.finetune.steps"),
+        (("distill", "finetune"), {"stepz": 1}, "distill.finetune"),
+        (
+            ("systems", "tfim_16", "distill"),
+            {"finetune": {"n_samples": 1}},
+            "systems.tfim_16.distill.finetune.n_samples",
+        ),
         (("profiling", "batch"), "many", "profiling.batch"),
         (("bits",), [], "bits"),
         (("systems", "tfim_16", "train"), {"d_model": 0}, "systems.tfim_16.train.d_model"),

@@ -2,7 +2,6 @@
 Snakemake refuses the same files with the same message before any job."""
 
 import copy
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +11,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.test_knobs import knob_paths
 from vqnqs.config import ParamsError, load_yaml, validate_params
 from vqnqs.stages.config import STAGE_CONFIGS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARAMS = load_yaml((REPO_ROOT / "params.yaml").read_text())
-FIELDS = [(config.section, field.name) for config in STAGE_CONFIGS for field in dataclasses.fields(config)]
+FIELDS = [(config.section, *path) for config in STAGE_CONFIGS for path, _ in knob_paths(config)]  # finetune.steps too
 PLACES = [("systems", "heisenberg_4x4", "system"), ("systems", "tfim_16", "gamma"), ("systems", "tfim_16", "size"),
           ("bits",), ("experiment",), ("reference", "literature_key")]  # fmt: skip
 JUNK = st.one_of(
@@ -36,8 +36,12 @@ JUNK = st.one_of(
 def test_one_corrupted_field_is_a_params_error_or_accepted(field, place, value, in_section):
     params = copy.deepcopy(PARAMS)
     if in_section:
-        section, name = field
-        params[section] = {name: value}
+        *sections, name = field
+        node = params
+        for section in sections:
+            node[section] = {}
+            node = node[section]
+        node[name] = value
     else:
         node = params
         for key in place[:-1]:

@@ -103,7 +103,7 @@ def add_out_dir(parser: argparse.ArgumentParser) -> None:
         help=(
             "a checkpoint in --out-dir written with other settings: refuse, naming the setting (default), or set "
             "it aside and restart (what the pipelines pass). A checkpoint with the same settings is resumed; "
-            "steps (distill: finetune_steps) may grow: the run goes on from the checkpoint, at the final "
+            "steps (distill: finetune.steps) may grow: the run goes on from the checkpoint, at the final "
             "learning rate past the end of its original schedule"
         ),
     )

@@ -36,14 +36,14 @@ STAGE_TEXTS = {  # sub-command: (one-line help, description, example)
         (
             "Fit a vector-quantised student (bits = heads x log2(codes) per location) to the teacher's "
             "log-amplitudes on fresh exact teacher samples (L2 loss, Adam), optionally fine-tune it by VMC on its "
-            "own energy (finetune_steps > 0: SR, straight-through codes), then evaluate its energy on its own "
+            "own energy (finetune.steps > 0: SR, straight-through codes), then evaluate its energy on its own "
             "samples through the dedup engine (checked against the dense local energy). Resumes from a "
             "checkpoint in --out-dir; writes checkpoint.pt, history.csv, model.pt and metrics.json there, and one "
             "MLflow run."
         ),
         (
             "vqnqs distill --run heisenberg_4x4 --teacher data/train/heisenberg_4x4 --bits 6 "
-            "--out-dir data/distill/heisenberg_4x4/6 --set finetune_steps=300"
+            "--out-dir data/distill/heisenberg_4x4/6 --set finetune.steps=300"
         ),
     ),
     "profile": (

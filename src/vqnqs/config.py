@@ -88,13 +88,21 @@ def yaml_problem(err: yaml.YAMLError) -> str:
 
 def section_mapping(params: dict, entry: dict, sections: tuple[str, ...]) -> dict:
     """The knobs of a run's stage: each of ``sections`` of params, then each of the run's own (``entry``), each
-    merged over the ones before (a stage config's ``sections``)."""
-    return {
-        key: value
-        for node in (params, entry)
-        for section in sections
-        for key, value in (node.get(section) or {}).items()
-    }
+    merged over the ones before (a stage config's ``sections``), a nested section (``finetune``) key by key."""
+    merged: dict = {}
+    for node in (params, entry):
+        for section in sections:
+            merged = merged_over(merged, node.get(section) or {})
+    return merged
+
+
+def merged_over(base: dict, top: dict) -> dict:
+    """``top`` merged over ``base``, mappings in both merged key by key (recursively)."""
+    merged = dict(base)
+    for key, value in top.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = merged_over(merged[key], value) if both else value
+    return merged
 
 
 def _check_sections(params: dict, source: str) -> None:
@@ -125,7 +133,7 @@ def _check_sections(params: dict, source: str) -> None:
         except ValueError as err:
             raise ParamsError(f"{where}: {err}") from err
     for run, entry in params["systems"].items():  # every bandwidth must give a quantiser for every run
-        distill = DistillConfig.from_mapping({**params["distill"], **entry.get("distill", {})})
+        distill = DistillConfig.from_mapping(section_mapping(params, entry, ("distill",)))
         for bits in params["bits"]:
             try:
                 distill.vq_config(bits)

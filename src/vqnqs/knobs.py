@@ -14,7 +14,11 @@ From that one declaration come
 Both read the same constraints, so a value gets the same verdict in params.yaml and on the command line
 (``tests/test_knobs.py`` walks every field of every config through both). A subclass may change a
 field's default without repeating its constraints: they are looked up through the class hierarchy.
-Checks that involve several fields (``warmup_steps < steps``) stay in the config's ``__post_init__``.
+Checks that involve several fields (``warmup_steps < steps``) go in the config's ``check``.
+
+A field whose type is itself a config (declared with :func:`nested`) is a nested section: a mapping in
+the params file (``finetune: {steps: 10}``), a dotted key on the command line (``--set finetune.steps=10``),
+and its messages name the dotted key.
 """
 
 from __future__ import annotations
@@ -54,6 +58,38 @@ def knob(default: Any, **constraints: Any) -> Any:
     return dataclasses.field(default=default, metadata={"knob": Knob(**constraints)})
 
 
+def nested(config: type) -> Any:
+    """A dataclass field holding a nested config of class ``config``, its defaults by default."""
+    return dataclasses.field(default_factory=config)
+
+
+class Config:
+    """Base of the config dataclasses: knobs checked on construction, built from and written to plain mappings."""
+
+    section = ""  # the params-file section (and the word in error messages)
+
+    def __post_init__(self) -> None:
+        check_knobs(self)
+        self.check()
+
+    def check(self) -> None:
+        """Checks that involve several fields (``ValueError`` naming the first)."""
+
+    @classmethod
+    def sections(cls, given: dict[str, Any]) -> tuple[str, ...]:
+        """The params sections this config is read from, in merge order, given the command line's ``--set``."""
+        return (cls.section,)
+
+    @classmethod
+    def from_mapping(cls, mapping: dict[str, Any]) -> Any:
+        """Build from a params mapping or ``--set`` values; an unknown key raises ``ValueError`` naming it."""
+        return config_from_mapping(cls, mapping, cls.section or cls.__name__)
+
+    def to_dict(self) -> dict:
+        """The knobs as plain values, a nested section as a nested mapping (the inverse of ``from_mapping``)."""
+        return dataclasses.asdict(self)
+
+
 @functools.cache
 def knob_of(cls: type, name: str) -> Knob:
     """The constraints of field ``name``: from the nearest class in ``cls``'s hierarchy that declares them."""
@@ -73,11 +109,20 @@ def field_type(cls: type, name: str) -> tuple[type, bool]:
     return kinds[0], type(None) in args
 
 
+def section_of(cls: type, name: str) -> type | None:
+    """The config class of field ``name`` where it is a nested section, else None."""
+    kind = field_type(cls, name)[0]
+    return kind if isinstance(kind, type) and dataclasses.is_dataclass(kind) else None
+
+
 def knob_schema(cls: type, name: str) -> dict:
     """The JSON schema of field ``name``."""
     spec = knob_of(cls, name)
     if spec.schema is not None:
         return spec.schema
+    nested = section_of(cls, name)
+    if nested is not None:
+        return section_schema(nested)
     kind, optional = field_type(cls, name)
     if spec.choices is not None:
         return {"enum": [*spec.choices, *([None] if optional else [])]}
@@ -133,8 +178,30 @@ def _range_error(spec: Knob, value: Any, optional: bool, kind: type) -> str | No
     return f"must be {'>' if low_open else '>='} {low:g}" + (" or null" if optional else "")
 
 
+class UnknownSetting(ValueError):
+    """A key that names no knob (its message already names the key with its dotted path)."""
+
+
+def section_from_mapping(cls: type, name: str, value: Any) -> Any:
+    """The nested section ``name`` of ``cls`` from ``value`` (a mapping, or that section's config itself);
+    ``ValueError`` naming the dotted key."""
+    nested = section_of(cls, name)
+    if isinstance(value, nested):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} {value!r}: expected a mapping of {nested.__name__} settings")
+    try:
+        return config_from_mapping(nested, value, f"{cls.section or cls.__name__}.{name}", prefix=f"{name}.")
+    except UnknownSetting:
+        raise
+    except ValueError as err:
+        raise ValueError(f"{name}.{err}") from err
+
+
 def check_knob(cls: type, name: str, value: Any) -> Any:
     """``value`` for field ``name`` (coerced as in :func:`_coerce`); ``ValueError`` naming the field if refused."""
+    if section_of(cls, name) is not None:
+        return section_from_mapping(cls, name, value)
     spec, (kind, optional) = knob_of(cls, name), field_type(cls, name)
     if value is None and (optional or (spec.schema is not None and None in spec.schema.get("enum", ()))):
         return None
@@ -157,22 +224,48 @@ def check_knob(cls: type, name: str, value: Any) -> Any:
     return value
 
 
-def check_knobs(config: Any) -> None:
-    """Check (and coerce in place) every field of the frozen dataclass ``config``: ``ValueError`` naming it."""
-    for field in dataclasses.fields(config):
+def check_knobs(config: Any, of: type | None = None) -> None:
+    """Check (and coerce in place) every field of the frozen dataclass ``config`` (those of its base ``of``
+    alone where given): ``ValueError`` naming it."""
+    for field in dataclasses.fields(of or config):
         value = check_knob(type(config), field.name, getattr(config, field.name))
         object.__setattr__(config, field.name, value)
 
 
+def knobs_of(config: Any, of: type) -> dict:
+    """The values in ``config`` of the fields of ``of`` (one of its config's bases): ``{name: value}``."""
+    return {field.name: getattr(config, field.name) for field in dataclasses.fields(of)}
+
+
+def dotted(mapping: dict, prefix: str = "") -> dict:
+    """A mapping with nested mappings (``{"finetune": {"steps": 0}}``) as one with dotted keys (``finetune.steps``)."""
+    flat: dict = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def knob_defaults(cls: type) -> str:
-    """``name=default`` of every field of ``cls``, comma separated (for ``--help``)."""
-    return ", ".join(f"{field.name}={getattr(cls, field.name)!r}" for field in dataclasses.fields(cls))
+    """``name=default`` of every knob of ``cls`` (dotted in a nested section), comma separated (for ``--help``)."""
+    return ", ".join(f"{name}={value!r}" for name, value in dotted(cls().to_dict()).items())
 
 
-def config_from_mapping(cls: type, mapping: dict, what: str) -> Any:
-    """``cls(**mapping)`` for a config dataclass; an unknown key raises ``ValueError`` naming it and ``what``."""
+def config_from_mapping(cls: type, mapping: dict, what: str, prefix: str = "") -> Any:
+    """``cls(**mapping)`` for a config dataclass; a dotted key (``finetune.steps``) sets a knob of a nested
+    section, merged over that section's mapping; an unknown key raises :class:`UnknownSetting` naming it and
+    ``what``."""
     known = [f.name for f in dataclasses.fields(cls)]
-    for key in mapping:
-        if key not in known:
-            raise ValueError(f"unknown setting {key!r}: unknown to {what} (known: {', '.join(known)})")
-    return cls(**mapping)
+    given: dict = {}
+    for key, value in mapping.items():
+        head, dot, rest = key.partition(".")
+        if head not in known or (dot and section_of(cls, head) is None):
+            raise UnknownSetting(f"unknown setting {prefix + key!r}: unknown to {what} (known: {', '.join(known)})")
+        if dot:
+            value = {rest: value}
+        if section_of(cls, head) is not None and isinstance(value, dict) and isinstance(given.get(head), dict):
+            value = {**given[head], **value}
+        given[head] = value
+    return cls(**given)

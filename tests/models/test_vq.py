@@ -69,7 +69,7 @@ def quantizer(d: int = 8, heads: int = 2, codes: int = 5, dtype=torch.float64, *
 )
 def test_encode_is_nearest_codeword(d: int, heads: int, codes: int, n: int, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
-    vq = VectorQuantizer(d, VQConfig(heads=heads, codes=codes, init="none")).double()
+    vq = VectorQuantizer(d, VQConfig(heads=heads, codes=codes, vq_init="none")).double()
     with torch.no_grad():
         vq.codebook.copy_(torch.randn(vq.codebook.shape, generator=generator, dtype=torch.float64))
     x = torch.randn(3, n, d, generator=generator, dtype=torch.float64)
@@ -95,7 +95,7 @@ def test_encode_is_nearest_codeword(d: int, heads: int, codes: int, n: int, seed
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_forward_equals_decode_of_encode_bit_exact(dtype: torch.dtype, mode: str) -> None:
-    vq = quantizer(d=16, heads=4, codes=7, dtype=dtype, init="none")
+    vq = quantizer(d=16, heads=4, codes=7, dtype=dtype, vq_init="none")
     vq.train(mode == "train")
     x = torch.randn(5, 9, 16, dtype=dtype, requires_grad=True)
     out = vq(x)
@@ -112,7 +112,7 @@ def test_forward_equals_decode_of_encode_bit_exact(dtype: torch.dtype, mode: str
 
 def test_straight_through_gradients() -> None:
     """Eq. 8: the value is the one-hot selection, the gradient that of softmax(D) @ W."""
-    vq = quantizer(d=8, heads=2, codes=5, init="none").train()
+    vq = quantizer(d=8, heads=2, codes=5, vq_init="none").train()
     x = torch.randn(6, 8, dtype=torch.float64, requires_grad=True)
     r = torch.randn(6, 8, dtype=torch.float64)
     (vq(x) * r).sum().backward()
@@ -135,7 +135,7 @@ def test_straight_through_gradients() -> None:
 
 @pytest.mark.parametrize("init", ["rows", "kmeans++"])
 def test_data_initialisation_at_the_first_upkeep(init: str) -> None:
-    vq = quantizer(d=8, heads=2, codes=6, init=init)
+    vq = quantizer(d=8, heads=2, codes=6, vq_init=init)
     x = torch.randn(4, 10, 8, dtype=torch.float64)
     before = vq.codebook.detach().clone()
     vq.eval()
@@ -162,7 +162,7 @@ def test_data_initialisation_at_the_first_upkeep(init: str) -> None:
 
 
 def test_dead_code_replacement() -> None:
-    vq = quantizer(d=4, heads=1, codes=4, init="none", dead_after=2).train()
+    vq = quantizer(d=4, heads=1, codes=4, vq_init="none", dead_after=2).train()
     with torch.no_grad():
         vq.codebook.copy_(torch.tensor([[[0.0] * 4, [1.0] * 4, [-1.0] * 4, [100.0] * 4]], dtype=torch.float64))
 
@@ -187,7 +187,7 @@ def test_dead_code_replacement() -> None:
 
 
 def test_dead_code_replacement_disabled() -> None:
-    vq = quantizer(d=4, heads=1, codes=4, init="none", dead_after=0).train()
+    vq = quantizer(d=4, heads=1, codes=4, vq_init="none", dead_after=0).train()
     with torch.no_grad():
         vq.codebook[0, 3] = 100.0
     for _ in range(5):
@@ -196,7 +196,7 @@ def test_dead_code_replacement_disabled() -> None:
 
 
 def test_state_dict_round_trip_weights_only() -> None:
-    vq = quantizer(d=8, heads=2, codes=6, init="kmeans++", dead_after=3).train()
+    vq = quantizer(d=8, heads=2, codes=6, vq_init="kmeans++", dead_after=3).train()
     for _ in range(4):
         vq.upkeep(torch.randn(30, 8, dtype=torch.float64, requires_grad=True))
     buffer = io.BytesIO()
@@ -222,7 +222,7 @@ def test_config_and_bits() -> None:
     with pytest.raises(ValueError, match="bits"):
         vq_shape_from_bits(7)
     with pytest.raises(ValueError, match="init"):
-        VQConfig(init="lloyd")
+        VQConfig(vq_init="lloyd")
     with pytest.raises(ValueError, match="heads"):
         VectorQuantizer(10, VQConfig(heads=4))
 
@@ -379,7 +379,7 @@ def test_codebook_upkeep_fits_every_block_to_its_inputs(init: str) -> None:
     """Block after block: each codebook is fitted to the inputs it gets from the UPDATED blocks before it,
     and the usage recorded is that of the codes the forward then assigns."""
     config = TransformerConfig((8,), 2, d_model=16, n_heads=2, n_blocks=3)
-    model = make_vq_model(config, VQConfig(heads=2, codes=4, init=init)).double()
+    model = make_vq_model(config, VQConfig(heads=2, codes=4, vq_init=init)).double()
     s = torch.randint(0, 2, (16, 8), generator=torch.Generator().manual_seed(1))
     torch.manual_seed(0)
     assert codebook_upkeep(model.train(), s) is None
@@ -402,7 +402,7 @@ def test_codebook_upkeep_fits_every_block_to_its_inputs(init: str) -> None:
 
 def test_codebook_upkeep_reseeds_dead_codes_of_every_block() -> None:
     config = TransformerConfig((8,), 2, d_model=16, n_heads=2, n_blocks=2)
-    model = make_vq_model(config, VQConfig(heads=1, codes=8, init="rows", dead_after=1)).double()
+    model = make_vq_model(config, VQConfig(heads=1, codes=8, vq_init="rows", dead_after=1)).double()
     generator = torch.Generator().manual_seed(2)
     torch.manual_seed(0)
     codebook_upkeep(model, torch.randint(0, 2, (32, 8), generator=generator))
@@ -429,7 +429,7 @@ def test_codebook_upkeep_without_quantizers_is_a_no_op() -> None:
 def test_codebook_upkeep_resumes_from_a_state_dict() -> None:
     """A model loaded from a state_dict goes on with the same upkeep (and the same global RNG draws)."""
     config = TransformerConfig((8,), 2, d_model=16, n_heads=2, n_blocks=2)
-    vq = VQConfig(heads=2, codes=6, init="kmeans++", dead_after=2)
+    vq = VQConfig(heads=2, codes=6, vq_init="kmeans++", dead_after=2)
     model = make_vq_model(config, vq).double()
     generator = torch.Generator().manual_seed(4)
     batches = [torch.randint(0, 2, (n, 8), generator=generator) for n in (24, 2, 2, 24)]

@@ -173,6 +173,8 @@ def test_bad_teacher_exit_2_naming_the_file(env, tmp_path, capsys):
 def test_other_errors_exit_2_before_any_work(env, tmp_path, capsys):
     out = tmp_path / "out"
     assert "'stepz': unknown" in run_failing(distill_args(env["teacher"], out, "6", "--set", "stepz=3"), capsys)
+    finetune = distill_args(env["teacher"], out, "6", "--set", "finetune.steps=-1")
+    assert "distill settings: finetune.steps -1: must be >= 0" in run_failing(finetune, capsys)
     assert "n_heads 3" in run_failing(distill_args(env["teacher"], out, "6", "--set", "n_heads=3"), capsys)
     args = distill_args(env["teacher"], out)
     args[args.index("8")] = "10"  # the teacher was trained on 8 sites

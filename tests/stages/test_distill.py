@@ -20,10 +20,18 @@ from vqnqs.models import (
 )
 from vqnqs.physics.basis import all_configurations
 from vqnqs.physics.hamiltonian import build_hamiltonian
-from vqnqs.stages.config import DistillConfig, check_bits
+from vqnqs.stages.config import DistillConfig, FinetuneConfig, check_bits
 from vqnqs.stages.distill import METRICS_KEYS, Distiller
 from vqnqs.stages.inputs import load_teacher, system_info
-from vqnqs.vmc.checkpoint import CheckpointError, load_checkpoint, load_model, save_model
+from vqnqs.vmc.checkpoint import (
+    CheckpointError,
+    build_from_state,
+    load_checkpoint,
+    load_model,
+    model_config_to_dict,
+    save_model,
+)
+from vqnqs.vmc.config import VMCConfig
 from vqnqs.vmc.local_energy import local_energy
 from vqnqs.vmc.step import TrainingError
 
@@ -210,7 +218,7 @@ def test_outputs_and_model_round_trip(tmp_path, chain, teacher_dir):
     assert [r["energy_per_site"] != "" for r in rows] == [s in (10, 12) for s in range(1, 13)]
 
     raw = torch.load(out / "model.pt", weights_only=True)
-    assert raw["vq_config"] == {"heads": 1, "codes": 16, "init": "kmeans++", "dead_after": 100, **_vq_rest()}
+    assert raw["vq_config"] == {"heads": 1, "codes": 16, "vq_init": "kmeans++", "dead_after": 100, **_vq_rest()}
     loaded, info = load_model(out / "model.pt")
     assert isinstance(loaded, VQTransformer) and loaded.vq_config == d.vq_config
     assert info["bits"] == 4
@@ -231,7 +239,7 @@ def _vq_rest() -> dict:
 
 def test_vq_model_file_round_trip_in_float64(tmp_path):
     config = TransformerConfig((8,), patch=2, d_model=8, n_heads=2, n_blocks=2)
-    model = make_vq_model(config, VQConfig(heads=2, codes=8, init="rows")).double()
+    model = make_vq_model(config, VQConfig(heads=2, codes=8, vq_init="rows")).double()
     s = all_configurations(8)
     codebook_upkeep(model, s)  # data-initialise the codebooks: buffers and codebook differ from a fresh model
     save_model(tmp_path / "m.pt", model, {"note": "vq"})
@@ -249,7 +257,7 @@ def test_vq_model_file_round_trip_in_float64(tmp_path):
 
 @pytest.mark.parametrize("steps, finetune_steps", [(20, 0), (6, 14)])  # interrupted in the fit / fine-tuning
 def test_resume_continues_the_same_trajectory(tmp_path, chain, teacher_dir, monkeypatch, steps, finetune_steps):
-    settings = {"steps": steps, "finetune_steps": finetune_steps, "finetune_samples": 64, "dead_after": 3}
+    settings = {"steps": steps, "finetune": {"steps": finetune_steps, "n_samples": 64}, "dead_after": 3}
     straight = distiller(tmp_path, chain, teacher_dir, name="straight", checkpoint_every=4, energy_every=3, **settings)
     metrics = straight.run(progress=False)
 
@@ -280,6 +288,19 @@ def test_resume_continues_the_same_trajectory(tmp_path, chain, teacher_dir, monk
     assert [r["energy_per_site"] for r in resumed_rows] == [r["energy_per_site"] for r in rows]  # monitor stream
 
 
+def test_more_finetuning_updates_continue_a_finished_distillation(tmp_path, chain, teacher_dir):
+    """finetune.steps may grow on resume (a nested knob, compared by its dotted key): the run goes on."""
+    finetune = {"steps": 3, "n_samples": 32}
+    distiller(tmp_path, chain, teacher_dir, steps=4, finetune=finetune).run(progress=False)
+    extended = distiller(tmp_path, chain, teacher_dir, steps=4, finetune={**finetune, "steps": 5})
+    extended.resume(on_change="refuse")
+    assert extended.step == 7
+    assert extended.run(progress=False)["steps"] == 9
+    assert load_checkpoint(tmp_path / "out" / "checkpoint.pt")["laid_for"] == {"finetune.steps": 3}
+    with pytest.raises(CheckpointError, match="finetune.lr"):  # another fine-tuning knob is a change
+        distiller(tmp_path, chain, teacher_dir, steps=4, finetune={**finetune, "steps": 5, "lr": 0.5}).resume("refuse")
+
+
 def test_resume_with_other_settings_or_teacher_starts_afresh(tmp_path, chain, teacher_dir, capsys):
     distiller(tmp_path, chain, teacher_dir, steps=4).run(progress=False)
     # Another bandwidth in the same out dir is a mistake, not a rerun: refused.
@@ -307,7 +328,7 @@ def test_finetuning_lowers_the_student_energy(tmp_path, chain, teacher_dir):
     SR steps have a large energy to remove; each phase writes its own history rows.
     """
     hamiltonian, reference = chain
-    d = distiller(tmp_path, chain, teacher_dir, steps=20, finetune_steps=30, finetune_samples=256, finetune_lr=0.02)
+    d = distiller(tmp_path, chain, teacher_dir, steps=20, finetune={"steps": 30, "n_samples": 256, "lr": 0.02})
     metrics = d.run(progress=False)
     fitted, finetuned = metrics["fit_exact_energy_per_site"], metrics["exact_energy_per_site"]
     assert finetuned < fitted - 0.5 * (fitted - reference)  # at least half way to the ground state (85% measured)
@@ -344,9 +365,14 @@ def test_nan_stops_the_run(tmp_path, chain, teacher_dir, monkeypatch):
         ({"check_samples": 300, "eval_samples": 200}, "check_samples 300"),
         ({"steps": True}, "steps True: expected int"),
         ({"codebook_lr": 0}, "codebook_lr 0"),
-        ({"finetune_steps": -1}, "finetune_steps -1: must be >= 0"),
-        ({"finetune_samples": 1}, "finetune_samples 1: need at least 2"),
-        ({"finetune_lr": 0}, "finetune_lr 0.0: must be positive"),
+        ({"finetune.steps": -1}, "finetune.steps -1: must be >= 0"),
+        ({"finetune": {"n_samples": 1}}, "finetune.n_samples 1: need at least 2"),
+        ({"finetune.lr": 0}, "finetune.lr 0.0: must be positive"),
+        ({"finetune.stepz": 1}, "'finetune.stepz': unknown to distill.finetune"),
+        ({"finetune": 3}, "finetune 3: expected a mapping"),
+        ({"finetune": {"steps": 5, "warmup_steps": 5}}, r"finetune.warmup_steps 5: must lie in \[0, steps=5\)"),
+        ({"n_blocks": 0}, "n_blocks 0: must be >= 1"),
+        ({"patch": 0}, "patch 0"),
     ],
 )
 def test_config_validation_names_the_field(setting, message):
@@ -356,6 +382,45 @@ def test_config_validation_names_the_field(setting, message):
 
 def test_config_accepts_yaml_exponents():
     assert DistillConfig.from_mapping({"lr": "1e-3"}).lr == 1e-3
+
+
+def test_finetuning_is_a_vmc_config_with_the_distill_defaults():
+    """One fine-tuning update schedule: SR, cosine from lr to lr_final, a constant diagonal shift by default."""
+    finetune = DistillConfig().finetune
+    assert isinstance(finetune, VMCConfig)
+    assert finetune.to_dict() == {
+        "steps": 0,
+        "lr": 0.01,
+        "lr_final": 0.001,
+        "schedule": "cosine",
+        "warmup_steps": 0,
+        "n_samples": 4096,
+        "optimizer": "sr",
+        "diag_shift": VMCConfig.diag_shift,
+        "diag_shift_final": VMCConfig.diag_shift,
+        "sr_momentum": VMCConfig.sr_momentum,
+    }
+    # A dotted key is merged over the nested mapping; both give the same config.
+    given = DistillConfig.from_mapping({"finetune": {"steps": 10, "lr": 0.1}, "finetune.steps": 20})
+    assert given.finetune == FinetuneConfig(steps=20, lr=0.1) and given.total_steps == 3020
+    assert DistillConfig.from_mapping(given.to_dict()) == given
+
+
+def test_student_shape_takes_the_teachers_where_not_given():
+    teacher = TransformerConfig((8,), patch=2, d_model=8, n_heads=2, n_blocks=1, d_ff=12, n_down=4, phase_blocks=1)
+    assert DistillConfig().student_config(teacher) == teacher
+    student = DistillConfig(n_blocks=2, phase_blocks=0).student_config(teacher)
+    assert (student.n_blocks, student.phase_blocks, student.d_ff, student.n_down) == (2, 0, 12, 4)
+    assert DistillConfig(d_model=16, patch=1).student_config(teacher).d_ff == 64
+
+
+def test_model_files_of_older_code_still_load(tmp_path):
+    """Older model files name the codebook initialisation ``init``: they load as before."""
+    config = TransformerConfig((8,), patch=2, d_model=8, n_heads=2, n_blocks=1)
+    model = make_vq_model(config, VQConfig(heads=2, codes=8, vq_init="rows"))
+    old = {"heads": 2, "codes": 8, "init": "rows", "dead_after": 100, **_vq_rest()}
+    loaded = build_from_state(tmp_path / "m.pt", model_config_to_dict(config), model.state_dict(), old)
+    assert loaded.vq_config == model.vq_config and loaded.config == config
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from vqnqs.vmc.optim import make_optimizer, sr_direction
 
 def vq_chain_model(seed: int = 0):
     """A VQ-NQS on 6 sites (3 tokens), 2 heads of 4 codes, with large random weights (several codes in use)."""
-    model = make_vq_model(TransformerConfig((6,), 2, 8, 2, 1), VQConfig(heads=2, codes=4, init="none")).double()
+    model = make_vq_model(TransformerConfig((6,), 2, 8, 2, 1), VQConfig(heads=2, codes=4, vq_init="none")).double()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():

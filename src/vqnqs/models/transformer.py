@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from vqnqs.knobs import Config, check_knobs, knob, knobs_of
 from vqnqs.models.attention import KVCache
 from vqnqs.models.blocks import Add, Block, Role, gpt2_init
 from vqnqs.models.patches import Patching, validate_patching
@@ -41,41 +42,64 @@ from vqnqs.models.phase import PhaseNetwork
 
 
 @dataclass(frozen=True)
-class TransformerConfig:
+class ModelShape(Config):
+    """The transformer's shape apart from the lattice: the knobs of a stage that builds one (train's)."""
+
+    # Spins per token: K consecutive spins on a chain, p x p blocks on a square lattice; the vocabulary has
+    # 2^(spins per token) tokens. None: default_patch (2x2 on a square lattice, K = 4 on a chain).
+    patch: int | None = knob(None, minimum=1)
+    # Residual-stream width d.
+    d_model: int = knob(32, minimum=1)
+    # Attention heads (must divide d_model); each works on d_model / n_heads channels (and owns one VQ codebook).
+    n_heads: int = knob(4, minimum=1)
+    # Full blocks (attention + feed-forward); ONE attention-only half-block always follows them.
+    n_blocks: int = knob(2, minimum=0)
+    # Feed-forward hidden width; None: 4 * d_model.
+    d_ff: int | None = knob(None, minimum=1)
+    # Encoder blocks of the phase network phi(s) (models.phase: bidirectional, pooled, same d_model, heads and
+    # d_ff); 0: no phase network, phi = 0, a real psi, enough where the signs are known (TFIM; Heisenberg
+    # with Marshall's sign rule).
+    phase_blocks: int = knob(0, minimum=0)
+
+
+@dataclass(frozen=True)
+class LatticeShape:
     # (N,) for a chain, (L, W) for a square lattice; sites are numbered row-major.
     lattice_shape: tuple[int, ...]
-    # Spins per token: 1D K consecutive spins, 2D p meaning p x p blocks. Vocabulary = 2^(spins per token).
-    patch: int
-    # Residual-stream width d.
-    d_model: int = 32
-    # Attention heads; each works on d_model / n_heads channels (and later owns one VQ codebook).
-    n_heads: int = 4
-    # Full blocks (attention + feed-forward); ONE attention-only half-block always follows them.
-    n_blocks: int = 2
-    # Feed-forward hidden width; None means 4 * d_model (resolved at construction, so it is an int after).
-    d_ff: int | None = None
+
+
+@dataclass(frozen=True)
+class TransformerConfig(ModelShape, LatticeShape):
+    """A :class:`ModelShape` on a lattice, with its Sz sector: the model's whole config.
+
+    Fields in order (the bases' in reverse order, then its own): ``lattice_shape``, the shape's ``patch,
+    d_model, n_heads, n_blocks, d_ff, phase_blocks``, then ``n_down``. ``patch`` and ``d_ff`` are resolved at
+    construction (never None after).
+    """
+
     # Sz sector: the exact total number of down spins, enforced by masking the conditionals; None = no mask.
     n_down: int | None = None
-    # Encoder blocks of the phase network phi(s) (models.phase, same d_model, heads and d_ff); 0: no phase
-    # network, phi = 0 (real psi: the stoquastic systems).
-    phase_blocks: int = 0
+
+    @classmethod
+    def of(cls, shape: ModelShape, lattice_shape: tuple[int, ...], n_down: int | None = None) -> TransformerConfig:
+        """The knobs of ``shape`` (any :class:`ModelShape`, e.g. a stage's config) on a lattice."""
+        return cls(lattice_shape, n_down=n_down, **knobs_of(shape, ModelShape))
 
     def __post_init__(self) -> None:
-        # Frozen, so normalise through object.__setattr__ (lists from YAML become tuples, d_ff gets its default).
+        # Frozen, so normalise through object.__setattr__ (lists from YAML become tuples, patch and d_ff get
+        # their defaults), then check the shape's knobs (the lattice's facts are checked in check()).
         object.__setattr__(self, "lattice_shape", tuple(int(d) for d in self.lattice_shape))
-        if self.d_ff is None:
+        if self.patch is None:
+            object.__setattr__(self, "patch", default_patch(self.lattice_shape))
+        if self.d_ff is None and isinstance(self.d_model, int):  # a d_model of another type: refused below
             object.__setattr__(self, "d_ff", 4 * self.d_model)
+        check_knobs(self, ModelShape)
+        self.check()
+
+    def check(self) -> None:
         validate_patching(self.lattice_shape, self.patch)
-        if self.d_model < 1:
-            raise ValueError(f"d_model {self.d_model}: must be a positive integer")
-        if self.n_heads < 1 or self.d_model % self.n_heads:
-            raise ValueError(f"n_heads {self.n_heads}: must be positive and divide d_model={self.d_model}")
-        if self.n_blocks < 0:
-            raise ValueError(f"n_blocks {self.n_blocks}: must be >= 0")
-        if self.phase_blocks < 0:
-            raise ValueError(f"phase_blocks {self.phase_blocks}: must be >= 0")
-        if self.d_ff < 1:
-            raise ValueError(f"d_ff {self.d_ff}: must be a positive integer")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads {self.n_heads}: must divide d_model={self.d_model}")
         if self.n_down is not None and not 0 <= self.n_down <= self.n_sites:
             raise ValueError(f"n_down {self.n_down}: must lie in [0, {self.n_sites}] (number of sites)")
 
@@ -89,7 +113,7 @@ class TransformerConfig:
 
         A chain gets K = 4 spins per token (our choice: the same 16-token vocabulary as a 2x2 patch).
         """
-        return cls(lattice_shape, default_patch(lattice_shape), d_model=256, n_heads=8, n_blocks=3, n_down=n_down)
+        return cls(lattice_shape, d_model=256, n_heads=8, n_blocks=3, n_down=n_down)
 
 
 def default_patch(lattice_shape: tuple[int, ...]) -> int:

@@ -25,7 +25,7 @@ Codebook upkeep is explicit: :meth:`VectorQuantizer.upkeep` on one batch of inpu
 ``state_dict`` round-trips and loads with ``weights_only=True``):
 
 - ``initialized`` (bool): the codebook has been fitted to data. The first upkeep initialises it from its
-  inputs (``init="kmeans++"``: D^2-sampling per head; ``"rows"``: random distinct input rows; ``"none"``:
+  inputs (``vq_init="kmeans++"``: D^2-sampling per head; ``"rows"``: random distinct input rows; ``"none"``:
   keep the random normal init).
 - ``usage_ema (H, Q)``: EMA of the fraction of rows assigned to each code (statistics).
 - ``unused_steps (H, Q)``: upkeep steps since each code was last used. A code unused for ``dead_after``
@@ -47,6 +47,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from vqnqs.knobs import Config, knob
 from vqnqs.models.transformer import AutoregressiveTransformer, TransformerConfig
 
 INIT_METHODS = ("kmeans++", "rows", "none")
@@ -57,33 +58,27 @@ _MIN_SQUARED_DISTANCE = 1e-12
 
 
 @dataclass(frozen=True)
-class VQConfig:
+class CodebookConfig(Config):
+    """The codebooks of a quantiser apart from their number: the knobs of a stage that builds one."""
+
+    # Codes per codebook (head): bits = heads * log2(codes), so 64 codes give 6 bits per head.
+    codes: int = knob(DEFAULT_CODES, minimum=1)
+    # Data-driven codebook initialisation at the first upkeep: 'kmeans++' | 'rows' | 'none'.
+    vq_init: str = knob("kmeans++", choices=INIT_METHODS)
+    # Re-seed a code unused for this many upkeep steps with a row of the current batch; 0 disables.
+    dead_after: int = knob(100, minimum=0)
+
+
+@dataclass(frozen=True)
+class VQConfig(CodebookConfig):
     """Multi-head vector quantiser: ``heads`` codebooks of ``codes`` entries, bandwidth ``heads*log2(codes)`` bits."""
 
-    heads: int = 2
-    codes: int = DEFAULT_CODES
-    # Data-driven codebook initialisation at the first upkeep: "kmeans++", "rows" or "none".
-    init: str = "kmeans++"
-    # Re-seed a code unused for this many upkeep steps; 0 disables dead-code replacement.
-    dead_after: int = 100
+    # Codebooks, one per head of d_model / heads channels.
+    heads: int = knob(2, minimum=1)
     # Decay of the EMA usage statistics (per upkeep step).
-    ema_decay: float = 0.99
+    ema_decay: float = knob(0.99, minimum=0, exclusive_maximum=1)
     # Std of the random normal codebook before (or without) data initialisation.
-    init_std: float = 0.02
-
-    def __post_init__(self) -> None:
-        if self.heads < 1:
-            raise ValueError(f"heads {self.heads}: must be a positive integer")
-        if self.codes < 1:
-            raise ValueError(f"codes {self.codes}: must be a positive integer")
-        if self.init not in INIT_METHODS:
-            raise ValueError(f"init {self.init!r}: expected one of {', '.join(INIT_METHODS)}")
-        if self.dead_after < 0:
-            raise ValueError(f"dead_after {self.dead_after}: must be >= 0 (0 disables)")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay {self.ema_decay}: must lie in [0, 1)")
-        if not self.init_std > 0.0:
-            raise ValueError(f"init_std {self.init_std}: must be positive")
+    init_std: float = knob(0.02, exclusive_minimum=0)
 
     @property
     def bits(self) -> float:
@@ -93,7 +88,16 @@ class VQConfig:
     @classmethod
     def from_bits(cls, bits: int, codes: int = DEFAULT_CODES, **kwargs) -> VQConfig:
         """``bits`` -> ``heads = bits / log2(codes)`` heads of ``codes`` codes (6/12/24/48 -> 1/2/4/8 x 64)."""
-        return cls(*vq_shape_from_bits(bits, codes), **kwargs)
+        heads, codes = vq_shape_from_bits(bits, codes)
+        return cls(heads=heads, codes=codes, **kwargs)
+
+    @classmethod
+    def from_dict(cls, record: dict) -> VQConfig:
+        """The inverse of ``dataclasses.asdict``, also of the dicts stored before ``init`` was named ``vq_init``."""
+        record = dict(record)
+        if "init" in record:
+            record["vq_init"] = record.pop("init")
+        return cls(**record)
 
 
 def vq_shape_from_bits(bits: int, codes: int = DEFAULT_CODES) -> tuple[int, int]:
@@ -155,7 +159,7 @@ class VectorQuantizer(nn.Module):
         self.codes = config.codes
         self.head_dim = d_model // config.heads
         self.codebook = nn.Parameter(torch.randn(config.heads, config.codes, self.head_dim) * config.init_std)
-        self.register_buffer("initialized", torch.tensor(config.init == "none"))
+        self.register_buffer("initialized", torch.tensor(config.vq_init == "none"))
         self.register_buffer("usage_ema", torch.full((config.heads, config.codes), 1.0 / config.codes))
         self.register_buffer("unused_steps", torch.zeros((config.heads, config.codes), dtype=torch.long))
 
@@ -165,7 +169,7 @@ class VectorQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return f"d_model={self.d_model}, heads={c.heads}, codes={c.codes}, bits={c.bits:g}, init={c.init!r}"
+        return f"d_model={self.d_model}, heads={c.heads}, codes={c.codes}, bits={c.bits:g}, vq_init={c.vq_init!r}"
 
     # --- the quantiser proper ---
 
@@ -298,13 +302,13 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def initialize_from(self, x: Tensor) -> None:
-        """Fit the codebook to the rows of ``x (..., d)`` per head (``config.init``) and mark it initialised."""
+        """Fit the codebook to the rows of ``x (..., d)`` per head (``config.vq_init``) and mark it initialised."""
         rows = self._head_rows(x)  # (H, n, e)
         max_rows = 8192  # k-means++ seeding on a random subset: cheap and plenty for Q <= a few hundred
         if rows.shape[1] > max_rows:
             rows = rows[:, torch.randperm(rows.shape[1], device=rows.device)[:max_rows]]
-        if self.config.init != "none":
-            pick = _kmeans_pp if self.config.init == "kmeans++" else _random_distinct_rows
+        if self.config.vq_init != "none":
+            pick = _kmeans_pp if self.config.vq_init == "kmeans++" else _random_distinct_rows
             for h in range(self.heads):
                 self.codebook[h] = pick(rows[h], self.codes).to(self.codebook.dtype)
         self.initialized.fill_(True)

@@ -1,13 +1,20 @@
 """Every knob of the stages, each declared once (:func:`vqnqs.knobs.knob`), composed where knobs recur.
 
-    ScheduleConfig   steps and the learning-rate schedule             (train, distill's fit)
-    VMCConfig        + samples per step, optimiser, SR shift and momentum  (train; distill's fine-tuning)
-    ModelShape       the transformer's shape on a given lattice        (train)
-    RunConfig        precision, memory chunks, checkpoints, evaluation samples, seed, device, threads
-    TrainConfig      = VMCConfig + ModelShape + RunConfig + the local-energy engine
-    DistillConfig    = ScheduleConfig (the L2 fit) + quantiser + student shape + a VMCConfig for the
-                       fine-tuning (its ``finetune_*`` knobs) + evaluation + RunConfig
-    ProfileConfig    the profile stage's batches, timing and devices
+    ScheduleConfig   steps and the learning-rate schedule      (vmc.config; train, distill's fit)
+    VMCConfig        + samples per step, optimiser, SR shift and momentum  (vmc.config; train)
+    ModelShape       the transformer's shape apart from the lattice  (models; train; the model's
+                     TransformerConfig is a ModelShape on a lattice)
+    CodebookConfig   codes, their initialisation and upkeep     (models; the model's VQConfig adds heads)
+    QuantizerConfig  = CodebookConfig whose codes give whole bits  (train's model 'vq', distill's student)
+    ExecutionConfig  seed, device, CPU threads                   (train, distill, profile)
+    RunConfig        + precision, memory chunks, checkpoints, evaluation samples  (train, distill)
+    TrainConfig      = VMCConfig + ModelShape + QuantizerConfig + RunConfig + the local-energy engine (flat:
+                     ``train: {d_model: 32, steps: ...}``)
+    StudentShape     ModelShape's knobs, each None = the teacher's   (distill)
+    FinetuneConfig   = VMCConfig with distill's defaults            (distill's nested ``finetune`` section)
+    DistillConfig    = ScheduleConfig (the L2 fit) + QuantizerConfig + StudentShape + ``finetune`` +
+                       evaluation + RunConfig
+    ProfileConfig    = ExecutionConfig + the profile stage's batches, timing and timing devices
 
 The params file's ``train``, ``distill`` and ``profiling`` sections are these classes' fields
 (``params.schema.json`` is generated from them: :mod:`vqnqs.schema`). Measured effects of the defaults
@@ -21,12 +28,13 @@ from dataclasses import dataclass
 
 import torch
 
-from vqnqs.knobs import AT_LEAST_TWO, knob
-from vqnqs.models import TransformerConfig, VQConfig, default_patch
-from vqnqs.models.vq import DEFAULT_CODES, INIT_METHODS, vq_shape_from_bits
+from vqnqs.knobs import AT_LEAST_TWO, Config, knob, knobs_of, nested
+from vqnqs.models import TransformerConfig, VQConfig
+from vqnqs.models.transformer import ModelShape
+from vqnqs.models.vq import CodebookConfig, vq_shape_from_bits
 from vqnqs.physics.exact import ground_state_sector
 from vqnqs.physics.hamiltonian import Hamiltonian
-from vqnqs.vmc.config import Config, ScheduleConfig, VMCConfig
+from vqnqs.vmc.config import ScheduleConfig, VMCConfig
 from vqnqs.vmc.log_psi import ENGINES
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -35,41 +43,21 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass(frozen=True)
-class ModelShape(Config):
-    # Spins per token: K consecutive spins on a chain, p x p blocks on a square lattice. None: 2x2 on a
-    # square lattice, K = 4 on a chain (2 or 1 where 4 does not divide N; models.default_patch).
-    patch: int | None = knob(None, minimum=1)
-    # Residual-stream width.
-    d_model: int = knob(32, minimum=1)
-    # Attention heads (must divide d_model).
-    n_heads: int = knob(4, minimum=1)
-    # Full transformer blocks (a final attention-only half-block always follows).
-    n_blocks: int = knob(2, minimum=0)
-    # Feed-forward width; None: 4 * d_model.
-    d_ff: int | None = knob(None, minimum=1)
-    # Sample only the ground state's Sz sector where H conserves Sz (Heisenberg: N/2 down spins).
-    sz_sector: bool = knob(True)
-    # Encoder blocks of the phase network phi(s) (bidirectional, pooled; same width and heads); 0: phi = 0, a
-    # real wave function, enough where the signs are known (TFIM; Heisenberg with Marshall's sign rule).
-    phase_blocks: int = knob(0, minimum=0)
+class ExecutionConfig(Config):
+    """Where a stage runs and from which seed (train, distill, profile)."""
 
-    def transformer_config(self, hamiltonian: Hamiltonian) -> TransformerConfig:
-        """The transformer for this lattice; ``ValueError`` naming the field if the shape does not fit."""
-        shape = hamiltonian.lattice.shape
-        return TransformerConfig(
-            lattice_shape=shape,
-            patch=default_patch(shape) if self.patch is None else self.patch,
-            d_model=self.d_model,
-            n_heads=self.n_heads,
-            n_blocks=self.n_blocks,
-            d_ff=self.d_ff,
-            n_down=ground_state_sector(hamiltonian) if self.sz_sector else None,
-            phase_blocks=self.phase_blocks,
-        )
+    # Seed of the random streams: parameter initialisation and samplers (the distiller's monitor stream uses
+    # seed + 1; the profile's batch i seed + i). torch takes 64 bits.
+    seed: int = knob(0, minimum=0, maximum=SEED_MAX)
+    # Where the network runs (and the profile draws samples and counts FLOPs): 'auto' (CUDA when available) |
+    # 'cpu' | 'cuda'.
+    device: str = knob("auto", choices=DEVICES)
+    # torch CPU threads; None leaves torch's default.
+    threads: int | None = knob(None, minimum=1)
 
 
 @dataclass(frozen=True)
-class RunConfig(Config):
+class RunConfig(ExecutionConfig):
     # Precision of the network: 'float32' | 'float64' (local energies and SR solves are always float64).
     dtype: str = knob("float32", choices=tuple(DTYPES))
     # Samples per batch in local energies, per-sample gradients and evaluations (memory bound).
@@ -78,34 +66,20 @@ class RunConfig(Config):
     checkpoint_every: int = knob(100, minimum=1)
     # Fresh exact samples for the final energy estimate.
     eval_samples: int = knob(2**15, minimum=2, why=AT_LEAST_TWO)
-    # Seed of the parameter initialisation and of the samplers' random streams (torch takes 64 bits; the
-    # distiller's monitor stream uses seed + 1).
-    seed: int = knob(0, minimum=0, maximum=SEED_MAX)
-    # 'auto' (CUDA when available) | 'cpu' | 'cuda'.
-    device: str = knob("auto", choices=DEVICES)
-    # torch CPU threads; None leaves torch's default.
-    threads: int | None = knob(None, minimum=1)
 
 
 @dataclass(frozen=True)
-class QuantizerConfig(Config):
+class QuantizerConfig(CodebookConfig):
     """The codebooks of a VQ-NQS model (distill's student; train's model 'vq'); bits come separately."""
-
-    # Codes per codebook (head): bits = heads * log2(codes), so 64 codes give 6 bits per head.
-    codes: int = knob(DEFAULT_CODES, minimum=2)
-    # Data-driven codebook initialisation on the first training batch: 'kmeans++' | 'rows' | 'none'.
-    vq_init: str = knob("kmeans++", choices=INIT_METHODS)
-    # Re-seed a code unused for this many steps with a row of the current batch; 0 disables.
-    dead_after: int = knob(100, minimum=0)
 
     def check(self) -> None:
         super().check()
-        if self.codes & (self.codes - 1):
+        if self.codes < 2 or self.codes & (self.codes - 1):
             raise ValueError(f"codes {self.codes}: must be a power of two >= 2 (bits = heads * log2(codes))")
 
     def vq_config(self, bits: int) -> VQConfig:
         """The quantiser for ``bits`` per location; ``ValueError`` naming bits if none fits."""
-        return VQConfig.from_bits(bits, self.codes, init=self.vq_init, dead_after=self.dead_after)
+        return VQConfig.from_bits(bits, **knobs_of(self, CodebookConfig))
 
 
 MODELS = ("baseline", "vq")
@@ -113,7 +87,11 @@ MODELS = ("baseline", "vq")
 
 @dataclass(frozen=True)
 class TrainConfig(RunConfig, QuantizerConfig, ModelShape, VMCConfig):
-    """Everything a training run depends on; ``train`` in params.yaml and ``--set`` fill it."""
+    """Everything a training run depends on; ``train`` in params.yaml and ``--set`` fill it.
+
+    The knobs of the VMC run, the model's shape, its codebooks and the run side by side (the ``train``
+    section is flat: ``train: {d_model: 32, steps: 1800}``), hence one base class each.
+    """
 
     section = "train"
     # Local-energy engine (vqnqs.vmc.log_psi), each exactly the dense forward reorganised: 'dedup' (attention
@@ -125,6 +103,8 @@ class TrainConfig(RunConfig, QuantizerConfig, ModelShape, VMCConfig):
     model: str = knob("baseline", choices=MODELS)
     # Bits per location of model 'vq' (heads x log2(codes)); required by it, refused for the baseline.
     bits: int | None = knob(None, minimum=1)
+    # Sample only the ground state's Sz sector where H conserves Sz (Heisenberg: N/2 down spins).
+    sz_sector: bool = knob(True)
 
     @classmethod
     def sections(cls, given: dict) -> tuple[str, ...]:
@@ -140,6 +120,12 @@ class TrainConfig(RunConfig, QuantizerConfig, ModelShape, VMCConfig):
         if self.bits is not None:
             check_bits(self.bits, self.codes, self.d_model)
 
+    def transformer_config(self, hamiltonian: Hamiltonian) -> TransformerConfig:
+        """The transformer of this shape on the lattice of ``hamiltonian``; ``ValueError`` naming the field if
+        the shape does not fit."""
+        n_down = ground_state_sector(hamiltonian) if self.sz_sector else None
+        return TransformerConfig.of(self, hamiltonian.lattice.shape, n_down)
+
 
 # Settings that may differ between an interrupted run and its resumption (they leave the trajectory unchanged).
 RESUME_MAY_CHANGE = (
@@ -154,7 +140,44 @@ RESUME_MAY_CHANGE = (
 
 
 @dataclass(frozen=True)
-class DistillConfig(RunConfig, QuantizerConfig, ScheduleConfig):
+class StudentShape(ModelShape):
+    """The distilled student's shape: ModelShape's knobs (their constraints declared there), each None = the
+    teacher's, except that d_ff None is 4 * d_model where d_model differs from the teacher's."""
+
+    patch: int | None = None
+    d_model: int | None = None  # a wider student than the teacher gets fresh weights wherever shapes differ
+    n_heads: int | None = None
+    # Full transformer blocks (each gets a quantiser; the attention-only half-block never does).
+    n_blocks: int | None = knob(None, minimum=1, why="must be >= 1 (a quantiser sits in each full block) or null")
+    d_ff: int | None = None
+    phase_blocks: int | None = None
+
+    def student_config(self, teacher: TransformerConfig) -> TransformerConfig:
+        """The student: the teacher's lattice and Sz sector, its shape with this config's overrides."""
+        given = {name: value for name, value in knobs_of(self, ModelShape).items() if value is not None}
+        if "d_ff" not in given and given.get("d_model", teacher.d_model) != teacher.d_model:
+            given["d_ff"] = 4 * given["d_model"]
+        return dataclasses.replace(teacher, **given)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(VMCConfig):
+    """Distill's VMC fine-tuning of the student after the fit, on its own energy: a VMCConfig with these
+    defaults (``distill: {finetune: {steps: 300}}``, ``--set finetune.steps=300``)."""
+
+    # Updates after the fit's ``steps``; 0: no fine-tuning.
+    steps: int = knob(0, minimum=0)
+    n_samples: int = 4096
+    lr: float = 0.01
+    lr_final: float = 0.001
+
+    def check(self) -> None:
+        if self.steps:  # no updates, no schedule to check
+            super().check()
+
+
+@dataclass(frozen=True)
+class DistillConfig(RunConfig, QuantizerConfig, StudentShape, ScheduleConfig):
     """Everything a distillation run depends on (besides the teacher and ``bits``); ``distill`` in params.yaml."""
 
     section = "distill"
@@ -167,28 +190,8 @@ class DistillConfig(RunConfig, QuantizerConfig, ScheduleConfig):
     n_samples: int = knob(512, minimum=1)
     # Peak learning rate of the codebooks (fresh, unlike the copied teacher weights); None: lr. Same schedule.
     codebook_lr: float | None = knob(None, exclusive_minimum=0)
-    # --- student shape (None: the teacher's) ---
-    # Residual-stream width; a wider student than the teacher gets fresh weights wherever shapes differ.
-    d_model: int | None = knob(None, minimum=1)
-    # Attention heads (must divide d_model).
-    n_heads: int | None = knob(None, minimum=1)
-    # Full transformer blocks (each gets a quantiser; the attention-only half-block never does).
-    n_blocks: int | None = knob(None, minimum=1, why="must be >= 1 (a quantiser sits in each full block) or null")
-    # Feed-forward width; None: the teacher's if d_model is the teacher's, else 4 * d_model.
-    d_ff: int | None = knob(None, minimum=1)
-    # --- VMC fine-tuning of the student after the fit: a VMCConfig (finetune_vmc) ---
-    # SR updates on the student's own energy after the ``steps`` fit updates; 0: none.
-    finetune_steps: int = knob(0, minimum=0)
-    # Exact student samples per fine-tuning update.
-    finetune_samples: int = knob(4096, minimum=2, why=AT_LEAST_TWO)
-    # Peak SR learning rate of the fine-tuning (cosine decay to finetune_lr_final over finetune_steps).
-    finetune_lr: float = knob(0.01, exclusive_minimum=0)
-    # SR learning rate at the last fine-tuning update.
-    finetune_lr_final: float = knob(0.001, minimum=0)
-    # SR diagonal shift of the fine-tuning (constant).
-    finetune_diag_shift: float = knob(VMCConfig.diag_shift, exclusive_minimum=0)
-    # SR momentum (SPRING) of the fine-tuning.
-    finetune_sr_momentum: float = knob(VMCConfig.sr_momentum, minimum=0, exclusive_maximum=1)
+    # --- the VMC fine-tuning of the student after the fit ---
+    finetune: FinetuneConfig = nested(FinetuneConfig)
     # --- evaluation (eval_samples: exact student samples for the final energy, through the dedup engine) ---
     eval_samples: int = 2**14
     # Of those, samples whose dense and dedup local energies are compared (float64).
@@ -209,33 +212,7 @@ class DistillConfig(RunConfig, QuantizerConfig, ScheduleConfig):
     @property
     def total_steps(self) -> int:
         """Updates of the whole run: the fit, then the fine-tuning."""
-        return self.steps + self.finetune_steps
-
-    def finetune_vmc(self) -> VMCConfig:
-        """The fine-tuning as a VMC run: SR, cosine decay, constant diagonal shift (needs finetune_steps > 0)."""
-        return VMCConfig(
-            steps=self.finetune_steps,
-            lr=self.finetune_lr,
-            lr_final=self.finetune_lr_final,
-            n_samples=self.finetune_samples,
-            diag_shift=self.finetune_diag_shift,
-            diag_shift_final=self.finetune_diag_shift,
-            sr_momentum=self.finetune_sr_momentum,
-        )
-
-    def student_config(self, teacher: TransformerConfig) -> TransformerConfig:
-        """The student's shape: the teacher's lattice, patch and Sz sector, with this config's overrides."""
-        d_model = teacher.d_model if self.d_model is None else self.d_model
-        d_ff = self.d_ff
-        if d_ff is None:
-            d_ff = teacher.d_ff if d_model == teacher.d_model else 4 * d_model
-        return dataclasses.replace(
-            teacher,
-            d_model=d_model,
-            n_heads=teacher.n_heads if self.n_heads is None else self.n_heads,
-            n_blocks=teacher.n_blocks if self.n_blocks is None else self.n_blocks,
-            d_ff=d_ff,
-        )
+        return self.steps + self.finetune.steps
 
 
 def check_bits(bits: int, codes: int, d_model: int) -> tuple[int, int]:
@@ -252,7 +229,7 @@ TIMING_DEVICES_SCHEMA = {
 
 
 @dataclass(frozen=True)
-class ProfileConfig(Config):
+class ProfileConfig(ExecutionConfig):
     """Settings of the profile stage (``profiling`` in params.yaml, then ``--set KEY=VALUE``)."""
 
     section = "profiling"
@@ -265,19 +242,14 @@ class ProfileConfig(Config):
     warmup: int = knob(1, minimum=0)
     # Samples per local-energy chunk (None: the whole batch), as in local_energy(chunk_size=...).
     chunk_size: int | None = knob(None, minimum=1)
-    seed: int = knob(0, minimum=0, maximum=SEED_MAX)
     # Count the dense path on this many samples per batch, scaled by the batch's connected configurations
     # (the dense cost per configuration is fixed, so this is exact for the network's ops); None: all.
     dense_samples: int | None = knob(None, minimum=1)
     # Add the elementwise ops (LayerNorm, GELU, softmax, adds...) to the matmul FLOPs.
     elementwise: bool = knob(True)
-    # Where samples are drawn and FLOPs counted: "auto" (cuda if available, else cpu), "cpu", "cuda".
-    device: str = knob("auto", choices=DEVICES)
     # Where both paths are timed: "auto" (cpu, and cuda when available), one device, or a list such as
     # [cpu, cuda]. The first is reported in time_dense_s / time_dedup_s; each gets time_*_s_<device> columns.
     timing_devices: tuple[str, ...] | str = knob("auto", schema=TIMING_DEVICES_SCHEMA, why="auto, cpu, cuda or a list")
-    # Intra-op CPU threads during the stage (None: torch's default).
-    threads: int | None = knob(None, minimum=1)
 
     def check(self) -> None:
         devices = self.timing_devices

@@ -6,10 +6,11 @@ and shape match is copied, the rest — codebooks, and everything of a wider stu
 
 - Fit (``steps`` updates, :func:`vqnqs.vmc.step.fit_step`): the L2 distance of log-amplitudes on fresh exact
   teacher samples, Adam, codebook upkeep by the step (data initialisation, dead-code re-seeding).
-- Optional VMC fine-tuning (``finetune_steps`` more, :func:`vqnqs.vmc.step.vmc_step`): the student trained
-  on its OWN energy as the teacher was (exact samples, dedup local energies, minSR with SPRING), its codes
-  differentiated with the straight-through estimator of eq. 8. The fit copies amplitudes, not energy: small
-  log-amplitude errors between neighbouring configurations cost much energy. ``step`` runs on through both.
+- Optional VMC fine-tuning (``finetune.steps`` more, :func:`vqnqs.vmc.step.vmc_step` with the VMCConfig
+  ``config.finetune``): the student trained on its OWN energy as the teacher was (exact samples, dedup local
+  energies, minSR with SPRING), its codes differentiated with the straight-through estimator of eq. 8. The fit
+  copies amplitudes, not energy: small log-amplitude errors between neighbouring configurations cost much
+  energy. ``step`` runs on through both.
 - Evaluation: the student's energy on its own exact samples through the dedup engine; the dense and dedup
   local energies of a float64 copy compared on ``check_samples`` of them (they must agree: the project's
   core invariant); on fresh TEACHER samples the L2 distance, ``mean |Δ log psi|`` and the fidelity.
@@ -93,7 +94,6 @@ class Distiller(Stage):
         self.student_config = config.student_config(teacher.model.config)
         check_bits(bits, config.codes, self.student_config.d_model)
         self.vq_config = config.vq_config(bits)
-        self.finetune = config.finetune_vmc() if config.finetune_steps else None
         self.teacher_model = copy.deepcopy(teacher.model).to(self.device, dtype).eval()
         for p in self.teacher_model.parameters():
             p.requires_grad_(False)
@@ -106,7 +106,7 @@ class Distiller(Stage):
         codebook_scale = (config.codebook_lr or config.lr) / config.lr
         groups = [{"params": others, "lr_scale": 1.0}, {"params": codebooks, "lr_scale": codebook_scale}]
         self.optimizer = make_optimizer("adam", groups, config.lr)
-        self.vmc_optimizer = make_optimizer("sr", params, config.finetune_lr)  # the fine-tuning's
+        self.vmc_optimizer = make_optimizer(config.finetune.optimizer, params, config.finetune.lr)  # fine-tuning's
         self.generator = torch.Generator(self.device).manual_seed(config.seed)  # teacher samples, then eval
         self.monitor = torch.Generator(self.device).manual_seed(config.seed + 1)  # history energies only
         self.generators = {"sampler": self.generator, "monitor": self.monitor}
@@ -124,7 +124,7 @@ class Distiller(Stage):
 
     def extendable(self, stored: dict) -> tuple[str, ...]:
         """More fine-tuning updates; more fit steps only where neither run fine-tunes."""
-        return ("finetune_steps",) if stored.get("finetune_steps") or self.config.finetune_steps else ("steps",)
+        return ("finetune.steps",) if stored.get("finetune.steps") or self.config.finetune.steps else ("steps",)
 
     def identity(self) -> dict:
         return {"bits": self.bits, "vq_config": vq_config_to_dict(self.vq_config)}
@@ -179,14 +179,14 @@ class Distiller(Stage):
         }
         if config.energy_every and (step % config.energy_every == 0 or step == config.steps):
             row.update(self.monitor_energy())
-        if step == config.steps and config.finetune_steps:  # what the fine-tuning starts from
+        if step == config.steps and config.finetune.steps:  # what the fine-tuning starts from
             self.fit_metrics = exact_metrics(self.hamiltonian, self.student, self.reference)
         return row
 
     def finetune_update(self) -> dict:
         step = self.step + 1
         self.student.train()  # straight-through derivatives of the codes (eq. 8)
-        finetune = self.laid_out(self.finetune, "finetune_steps")
+        finetune = self.laid_out(self.config.finetune, "finetune.steps")
         config = self.config
         context = VMCContext(
             self.hamiltonian, self.vmc_optimizer, self.generator, config.chunk_size, "dedup", offset=config.steps
@@ -249,7 +249,7 @@ class Distiller(Stage):
         teacher = self.teacher.model
         return {
             "fit_steps": self.config.steps,
-            "finetune_steps": self.config.finetune_steps,
+            "finetune_steps": self.config.finetune.steps,
             **{f"fit_{key}": value for key, value in self.fit_metrics.items()},
             "bits": self.bits,
             "heads": self.vq_config.heads,
@@ -288,7 +288,7 @@ class Distiller(Stage):
             flops = fit_step_flops(self.student, self.teacher_model, config.n_samples)
             lines.append(estimate_line(f"{self.label} fit", flops, rate, fit_left))
         if finetune_left:
-            flops = vmc_step_flops(self.student, self.hamiltonian, config.finetune_samples)
+            flops = vmc_step_flops(self.student, self.hamiltonian, config.finetune.n_samples)
             lines.append(estimate_line(f"{self.label} fine-tuning", flops, rate, finetune_left))
         return lines
 

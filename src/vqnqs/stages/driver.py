@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from vqnqs.io import ensure_writable_dir, write_json
+from vqnqs.knobs import dotted
 from vqnqs.models import AutoregressiveTransformer
 from vqnqs.physics.hamiltonian import Hamiltonian
 from vqnqs.stages.callbacks import Callback, Checkpoints, HistoryFile, MLflowLogger, ProgressBar
@@ -194,8 +195,8 @@ class Stage:
         if state.get("stage", "train") != self.name:
             raise CheckpointError(f"checkpoint {path}: not a {self.name} checkpoint (use another --out-dir)")
         self.orphan_id = state.get("mlflow_run_id")  # until the checkpoint is taken on (below)
-        stored, laid_for = state["train_config"], dict(state.get("laid_for", {}))
-        for key, value in self.config.to_dict().items():
+        stored, laid_for = dotted(state["train_config"]), dict(state.get("laid_for", {}))
+        for key, value in dotted(self.config.to_dict()).items():  # a nested section's knobs by dotted key
             if key in RESUME_MAY_CHANGE or stored.get(key) == value:
                 continue
             if key in self.extendable(stored) and isinstance(value, int) and value > stored.get(key, value):

@@ -68,7 +68,7 @@ def model_config_to_dict(config: TransformerConfig) -> dict:
 
 
 def vq_config_to_dict(config: VQConfig) -> dict:
-    """Plain primitives of a quantiser config (stored beside ``model_config``); inverse: ``VQConfig(**d)``."""
+    """Plain primitives of a quantiser config (stored beside ``model_config``); inverse: ``VQConfig.from_dict``."""
     return dataclasses.asdict(config)
 
 
@@ -185,7 +185,7 @@ def build_from_state(
         elif not isinstance(vq_config, dict):
             raise TypeError(f"vq_config has type {type(vq_config).__name__}")
         else:
-            model = VQTransformer(TransformerConfig(**config), VQConfig(**vq_config))
+            model = VQTransformer(TransformerConfig(**config), VQConfig.from_dict(vq_config))
         dtypes = {value.dtype for value in state.values() if value.is_floating_point()}
         if len(dtypes) == 1:
             model = model.to(dtypes.pop())

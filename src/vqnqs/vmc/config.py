@@ -2,43 +2,16 @@
 
 :class:`ScheduleConfig` (also the distillation fit's) and :class:`VMCConfig` are frozen dataclasses of
 knobs (:mod:`vqnqs.knobs`: each field's constraints declared once, checked on construction); the stages
-compose them (:mod:`vqnqs.stages.config`), and :func:`vqnqs.vmc.step.vmc_step` reads one.
+compose them (:mod:`vqnqs.stages.config`: train's knobs are a VMCConfig's, distill's fine-tuning is one),
+and :func:`vqnqs.vmc.step.vmc_step` reads one.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
-from vqnqs.knobs import AT_LEAST_TWO, check_knobs, config_from_mapping, knob
+from vqnqs.knobs import AT_LEAST_TWO, Config, knob
 from vqnqs.vmc.optim import OPTIMIZERS, SCHEDULES, scheduled
-
-
-class Config:
-    """Base of the stage configs: knobs checked on construction, built from and written to plain mappings."""
-
-    section = ""  # the params-file section (and the word in error messages)
-
-    def __post_init__(self) -> None:
-        check_knobs(self)
-        self.check()
-
-    def check(self) -> None:
-        """Checks that involve several fields (``ValueError`` naming the first)."""
-
-    @classmethod
-    def sections(cls, given: dict[str, Any]) -> tuple[str, ...]:
-        """The params sections this config is read from, in merge order, given the command line's ``--set``."""
-        return (cls.section,)
-
-    @classmethod
-    def from_mapping(cls, mapping: dict[str, Any]) -> Any:
-        """Build from a params mapping or ``--set`` values; an unknown key raises ``ValueError`` naming it."""
-        return config_from_mapping(cls, mapping, cls.section or cls.__name__)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
