@@ -168,10 +168,14 @@ def checkpoint_step(path: Path) -> int:
     return int(torch.load(path, weights_only=True)["step"])
 
 
+STEPS = 600
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 def test_interrupted_training_resumes(workdir, stop):
     params = yaml.safe_load((workdir / "params.yaml").read_text())
-    params["train"].update(steps=3000, checkpoint_every=5)
+    # Long enough to be interrupted after a few checkpoints (a step takes ~0.1 s here), short enough to finish.
+    params["train"].update(steps=STEPS, checkpoint_every=5)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_key = next(key for key, entry in params["systems"].items() if entry["system"] == "tfim")
     target = f"data/train/{run_key}/model.pt"
@@ -193,13 +197,13 @@ def test_interrupted_training_resumes(workdir, stop):
     os.killpg(snakemake.pid, stop)
     snakemake.wait(timeout=120)
     interrupted_at = checkpoint_step(checkpoint)
-    assert 0 < interrupted_at < 3000
+    assert 0 < interrupted_at < STEPS
     assert not (workdir / target).exists()
 
     if stop == signal.SIGKILL:  # a killed snakemake leaves its lock behind
         run(workdir, "snakemake", "--unlock")
     run(workdir, "snakemake", "--cores", "1", target)
     metrics = json.loads((workdir / "data" / "train" / run_key / "metrics.json").read_text())
-    assert metrics["steps"] == 3000
+    assert metrics["steps"] == STEPS
     log = (workdir / "logs" / "train" / f"{run_key}.log").read_text()
     assert f"resuming from step {interrupted_at}" in log

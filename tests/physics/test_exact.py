@@ -17,7 +17,7 @@ from vqnqs.physics.hamiltonian import build_hamiltonian
 from vqnqs.vmc.local_energy import local_energy
 
 
-@pytest.mark.parametrize("n", [2, 5, 8, 12])
+@pytest.mark.parametrize("n", [2, 5, 8, 11])  # odd and even lengths; the Kronecker build costs 4^N
 @pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0])
 def test_free_fermions_match_dense_ed(n, gamma):
     hamiltonian = build_hamiltonian("tfim", str(n), gamma=gamma)
