@@ -13,6 +13,7 @@ import yaml
 
 import vqnqs.report.document
 from vqnqs.cli import main
+from vqnqs.io import OutputError, staged_outputs
 from vqnqs.report import inputs_from_params, write_report
 from vqnqs.report.document import OUTPUTS
 
@@ -71,3 +72,28 @@ def test_the_cli_refuses_a_text_cell_in_one_line_naming_file_column_and_row(worl
     assert result.returncode == 2, result.stderr
     assert result.stderr == f"vqnqs report: error: {profile}: row 2, column 'time_dedup_s': 'oops' is not a number\n"
     assert snapshot(world) == before
+
+
+def test_staged_outputs_replace_whole_remove_unwritten_and_refuse_undeclared(tmp_path):
+    out = tmp_path / "out"
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "old.png").write_bytes(b"old")
+    (out / "table.csv").write_text("old\n")
+    (out / "stale.csv").write_text("an output this run does not write\n")
+    (out / "notes.txt").write_text("not an output\n")
+    with staged_outputs(out, ("table.csv", "figures", "stale.csv")) as staging:
+        (staging / "figures").mkdir()
+        (staging / "figures" / "new.png").write_bytes(b"new")
+        (staging / "table.csv").write_text("new\n")
+    assert snapshot(out) == {
+        "figures": None,
+        "figures/new.png": b"new",
+        "table.csv": b"new\n",
+        "notes.txt": b"not an output\n",
+    }
+    before = snapshot(out)
+    with pytest.raises(OutputError, match="surprise.csv was written but is not among the outputs"):
+        with staged_outputs(out, ("table.csv",)) as staging:
+            (staging / "table.csv").write_text("newer\n")
+            (staging / "surprise.csv").write_text("\n")
+    assert snapshot(out) == before

@@ -92,7 +92,12 @@ for kind, (path, table) in TABLES.items():
                 [str(path), f"row 2, column {column!r}: 'oops' is not a number"],
             )
     for column in table.keys:
-        CASES[f"{kind}_{column}_blank"] = (set_cell(path, column, ""), [str(path), f"row 1, column {column!r}"])
+        CASES[f"{kind}_{column}_blank"] = (set_cell(path, column, ""), [str(path), f"row 1, column {column!r}: blank"])
+        if column not in TEXT_COLUMNS:
+            CASES[f"{kind}_{column}_infinite"] = (
+                set_cell(path, column, "-inf"),
+                [str(path), f"row 1, column {column!r}: -inf is not finite"],
+            )
 CASES["profile_unknown_model"] = (
     set_cell(TABLES["profile"][0], "model", "vq"),
     [str(TABLES["profile"][0]), "row 1, column 'model': 'vq' is not one of"],

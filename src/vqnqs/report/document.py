@@ -24,7 +24,7 @@ from vqnqs.physics.reference import DEFAULT_LITERATURE_KEY
 from vqnqs.profiling import fit_power_law
 from vqnqs.report.captions import FIGURE_CAPTIONS, TABLE1_COLUMNS, columns_table, write_snakemake_captions
 from vqnqs.report.incremental import incremental_section
-from vqnqs.report.inputs import COMPONENTS, HISTORY, METRICS, PROFILE, REFERENCE, ReportInputs
+from vqnqs.report.inputs import COMPONENTS, HISTORY, METRICS, PROFILE, REFERENCE, ReportInputs, read_csv
 from vqnqs.report.render import log_ticks, markdown_table, plt, save_figure, write_html_table
 from vqnqs.report.vq_training import vq_training_section
 
@@ -88,7 +88,7 @@ def paper_numbers(path: Path = PAPER_TABLE_PATH) -> pd.DataFrame:
     """The paper's Table 1 entries we hold (``data/reference/paper_table1.csv``); empty if absent."""
     if not path.is_file():
         return pd.DataFrame(columns=["system", "size", "model", "bits"])
-    return pd.read_csv(path, comment="#")
+    return read_csv(path, comment="#")
 
 
 def table1_with_paper(table1: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:

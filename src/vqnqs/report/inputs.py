@@ -36,11 +36,12 @@ class ReportInputError(InputError):
     """A stage output the report needs is missing or malformed."""
 
 
-def read_csv(path: Path) -> pd.DataFrame:
+def read_csv(path: Path, comment: str | None = None) -> pd.DataFrame:
+    """The CSV at ``path`` (lines from ``comment`` on skipped); :class:`ReportInputError` naming it if unreadable."""
     try:
-        return pd.read_csv(path)
+        return pd.read_csv(path, comment=comment)
     except (OSError, ValueError) as err:  # ValueError: pandas' parser and empty-file errors, bytes not UTF-8
-        raise ReportInputError(f"{path}: not a readable CSV file ({err})") from err
+        raise ReportInputError(f"{path}: not a readable CSV file ({' '.join(str(err).split())})") from err
 
 
 def first(bad: pd.Series) -> int | None:
@@ -48,11 +49,16 @@ def first(bad: pd.Series) -> int | None:
     return int(bad.to_numpy().argmax()) if bad.any() else None
 
 
+def cell_error(path: Path, row: int, column: str, what: str) -> ReportInputError:
+    """What is wrong with the cell of ``column`` in the data row at position ``row`` (counted from 1 in the message)."""
+    return ReportInputError(f"{path}: row {row + 1}, column {column!r}: {what}")
+
+
 @dataclass(frozen=True)
 class Table:
     """The columns of a stage's CSV that the report reads. Each holds a number, or is blank where the stage
     measured nothing, except the words of :data:`~vqnqs.profiling.table.TEXT_COLUMNS`; the ``keys``, which
-    say what a row is, are never blank, and a ``model`` is one of the profile's labels."""
+    say what a row is, are never blank (nor infinite), and a ``model`` is one of the profile's labels."""
 
     columns: tuple[str, ...]
     keys: tuple[str, ...]
@@ -66,23 +72,20 @@ class Table:
             raise ReportInputError(f"{path}: no column {missing[0]!r}")
         if frame.empty:
             raise ReportInputError(f"{path}: a header and no rows")
-        for column in self.columns:
+        for column in (column for column in self.columns if column not in TEXT_COLUMNS):
             cells = frame[column]
-            if column in TEXT_COLUMNS:
-                continue
-            # text that is not a number gives NaN, as does a blank cell; a column of True/False is no number either
+            # a blank cell gives NaN, as does text that is not a number; a column of True/False holds no numbers
             values = pd.Series(math.nan, cells.index) if cells.dtype == bool else pd.to_numeric(cells, errors="coerce")
             if (row := first(values.isna() & cells.notna())) is not None:
-                raise ReportInputError(
-                    f"{path}: row {row + 1}, column {column!r}: {cells.tolist()[row]!r} is not a number"
-                )
+                raise cell_error(path, row, column, f"{cells.tolist()[row]!r} is not a number")
             frame[column] = values
         for column in self.keys:
-            if (row := first(frame[column].isna())) is not None:
-                raise ReportInputError(f"{path}: row {row + 1}, column {column!r} is blank")
+            cells = frame[column]
+            if (row := first(cells.isna() | cells.isin([math.inf, -math.inf]))) is not None:
+                value = cells.tolist()[row]
+                raise cell_error(path, row, column, "blank" if pd.isna(value) else f"{value!r} is not finite")
         if "model" in self.columns and (row := first(~frame["model"].isin(MODEL_LABELS))) is not None:
-            found = frame["model"].iloc[row]
-            raise ReportInputError(f"{path}: row {row + 1}, column 'model': {found!r} is not one of {MODEL_LABELS}")
+            raise cell_error(path, row, "model", f"{frame['model'].tolist()[row]!r} is not one of {MODEL_LABELS}")
         return frame
 
 
