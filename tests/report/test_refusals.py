@@ -124,7 +124,7 @@ for kind, (path, record) in RECORDS.items():
 for path in OTHER_METRICS:
     CASES[f"{path.parts[1]}_wall_time_s_nan"] = (set_key(path, "wall_time_s", float("nan")), [str(path), "wall_time_s"])
 CASES["reference_of_another_gamma"] = (  # the reference of another Hamiltonian (vqnqs.report.check_reference)
-    lambda world: set_key(INPUTS.reference(RUN), "hamiltonian", {"J": 1.0, "gamma": 0.5})(world),
+    set_key(INPUTS.reference(RUN), "hamiltonian", {"J": 1.0, "gamma": 0.5}),
     [str(INPUTS.reference(RUN)), "gamma is 0.5"],
 )
 

@@ -170,14 +170,16 @@ class ReportInputs:
     def reads(self) -> Iterator[tuple[Path, Table | Record]]:
         """Every input file of the report and what it reads of it."""
         for run in self.runs:
-            yield from [(self.reference(run), REFERENCE), (self.train_dir(run) / "metrics.json", METRICS)]
+            yield self.reference(run), REFERENCE
+            yield self.train_dir(run) / "metrics.json", METRICS
             yield self.train_dir(run) / "history.csv", HISTORY
             for bits in self.bits:
                 yield self.distill_dir(run, bits) / "metrics.json", METRICS
-                yield from [(self.profile(run, bits), PROFILE), (self.components(run, bits), COMPONENTS)]
+                yield self.profile(run, bits), PROFILE
+                yield self.components(run, bits), COMPONENTS
         for run, bits in self.vq_runs:
-            trained = self.train_vq_dir(run, bits)
-            yield from [(trained / "metrics.json", METRICS), (trained / "history.csv", HISTORY)]
+            yield self.train_vq_dir(run, bits) / "metrics.json", METRICS
+            yield self.train_vq_dir(run, bits) / "history.csv", HISTORY
             if bits in self.bits:  # the distilled student's curve beside it
                 yield self.distill_dir(run, bits) / "history.csv", HISTORY
             yield self.profile(run, bits, "profile_vq"), PROFILE
@@ -186,15 +188,15 @@ class ReportInputs:
     def all_files(self) -> list[Path]:
         return [path for path, _ in self.reads()]
 
-    def check(self, params: dict | None = None) -> None:
-        """Fail before any work, naming the first missing file, then the first the report cannot use (and, with
-        ``params``, the first reference that is not of its run's Hamiltonian)."""
+    def check(self, params: dict) -> None:
+        """Fail before any work, naming the first missing file, then the first the report cannot use, then the
+        first reference that is not of its run's Hamiltonian in ``params``."""
         for path in self.all_files():
             if not path.is_file():
                 raise ReportInputError(f"{path}: missing (run the stages before the report)")
         for path, what in self.reads():
             what.read(path)
-        for run in self.runs if params is not None else ():
+        for run in self.runs:
             check_reference(read_json(self.reference(run)), params["systems"][run], self.reference(run))
 
 
