@@ -345,7 +345,7 @@ def run_report(args: argparse.Namespace) -> None:
 
     params = load_params(args.params)
     inputs = inputs_from_params(params, args.data_dir)
-    inputs.check(params)  # every input present, every reference of its run's Hamiltonian, before any work
+    inputs.check(params)  # before any work: every input present and usable, each reference of its run's Hamiltonian
     check_writable_dir(args.out_dir)
     with Run("report", params, {"run": "all"}, experiment=params.get("experiment")) as run:
         report = write_report(params, inputs, args.out_dir)

@@ -6,8 +6,9 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -104,3 +105,34 @@ def atomic_save(path: str | os.PathLike, save: Callable[[IO[bytes]], None]) -> N
     """Atomic binary write through a callback, e.g. ``atomic_save(p, lambda f: torch.save(obj, f))``."""
     with atomic_open(path, "wb") as handle:
         save(handle)
+
+
+@contextlib.contextmanager
+def staged_outputs(out_dir: str | os.PathLike, outputs: Sequence[str]) -> Iterator[Path]:
+    """A staging directory inside ``out_dir`` to write the entries named ``outputs`` (files or directories) into.
+
+    When the block succeeds, each output written there replaces its namesake in ``out_dir`` whole, in the order of
+    ``outputs`` (a file by one rename; a directory by two, the old one set aside first, so that no file of an
+    earlier run is left inside it), and each output the block did not write is removed from ``out_dir`` (no
+    stale one is left looking current); every other entry of ``out_dir`` is kept. When the block fails,
+    ``out_dir`` is left as it was. The staging directory is removed either way.
+    """
+    out = ensure_writable_dir(out_dir)
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
+    try:
+        yield staging
+        undeclared = sorted(set(os.listdir(staging)) - set(outputs))
+        if undeclared:
+            raise OutputError(f"{out}: {undeclared[0]} was written but is not among the outputs {', '.join(outputs)}")
+        retired = Path(tempfile.mkdtemp(dir=staging, prefix=".retired-"))
+        try:
+            for name in outputs:
+                new, old = staging / name, out / name
+                if old.exists() and not (new.is_file() and old.is_file()):
+                    os.rename(old, retired / name)
+                if new.exists():
+                    os.replace(new, old)
+        except OSError as err:
+            raise OutputError(f"{out}: moving the outputs into place failed ({err.strerror or err})") from err
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

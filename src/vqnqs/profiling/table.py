@@ -62,6 +62,8 @@ COMPONENT_COLUMNS = (
     "flops_incremental_per_sample",
     *(f"flops_phase_{path}_per_sample" for path in PATHS),
 )
+# The columns of CONTRACT_COLUMNS and COMPONENT_COLUMNS that hold words; each of the others holds a number or is blank.
+TEXT_COLUMNS = ("system", "size", "model", "component")
 
 
 def bits_value(bits: float) -> int | float:

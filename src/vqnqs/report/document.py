@@ -1,9 +1,10 @@
 """``results/report.md``: Table 1 beside the paper's numbers, the scaling fits, the figures.
 
-Inputs: :mod:`vqnqs.report.inputs`. Outputs in ``--out-dir`` (default ``results``), all written atomically:
+Inputs: :mod:`vqnqs.report.inputs`, all checked first. Outputs in ``--out-dir`` (default ``results``), built in a
+staging directory there and moved into place together once all are written (:data:`OUTPUTS`):
 
 - ``report.md``; ``table1.csv`` and ``table1.html`` (the same with its column captions);
-- ``tfim_scaling_fits.csv``, ``vq_training.csv``;
+- ``tfim_scaling_fits.csv``, ``vq_training.csv``, ``incremental_scaling.csv``;
 - ``summary.json``: the headline metrics per run, for ``dvc metrics`` and ``dvc exp show``;
 - ``figures/*.png`` and, beside every figure, the CSV it was drawn from (``figures/<name>.csv``);
 - ``captions/*.rst``: :mod:`vqnqs.report.captions`, for Snakemake's HTML report.
@@ -18,12 +19,12 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from vqnqs.io import atomic_open, ensure_writable_dir, read_json, write_json
+from vqnqs.io import atomic_open, ensure_writable_dir, staged_outputs, write_json
 from vqnqs.physics.reference import DEFAULT_LITERATURE_KEY
 from vqnqs.profiling import fit_power_law
 from vqnqs.report.captions import FIGURE_CAPTIONS, TABLE1_COLUMNS, columns_table, write_snakemake_captions
 from vqnqs.report.incremental import incremental_section
-from vqnqs.report.inputs import ReportInputs, read_csv
+from vqnqs.report.inputs import COMPONENTS, HISTORY, METRICS, PROFILE, REFERENCE, ReportInputs, read_csv
 from vqnqs.report.render import log_ticks, markdown_table, plt, save_figure, write_html_table
 from vqnqs.report.vq_training import vq_training_section
 
@@ -53,7 +54,7 @@ def collect_tables(inputs: ReportInputs, params: dict) -> dict[str, pd.DataFrame
     for run in inputs.runs:
         system = params["systems"][run]
         label = system_label(system)
-        reference = read_json(inputs.reference(run))
+        reference = REFERENCE.read(inputs.reference(run))
         references.append(
             {
                 "run": run,
@@ -66,14 +67,11 @@ def collect_tables(inputs: ReportInputs, params: dict) -> dict[str, pd.DataFrame
                 "source": reference["source"],
             }
         )
-        history = read_csv(inputs.train_dir(run) / "history.csv").assign(run=run)
+        history = HISTORY.read(inputs.train_dir(run) / "history.csv").assign(run=run)
         curves.append(history)
         for bits in inputs.bits:
-            rows = read_csv(inputs.profile(run, bits)).assign(run=run, system=label)
-            student = read_json(inputs.distill_dir(run, bits) / "metrics.json")
-            rows["distill_rel_error"] = student.get("rel_error", math.nan)
-            table1.append(rows)
-            components.append(read_csv(inputs.components(run, bits)).assign(run=run, system=label))
+            table1.append(PROFILE.read(inputs.profile(run, bits)).assign(run=run, system=label))
+            components.append(COMPONENTS.read(inputs.components(run, bits)).assign(run=run, system=label))
     table1_df = pd.concat(table1, ignore_index=True)
     # The baseline appears once per bandwidth's profile: keep one row per (run, model, bits).
     table1_df = table1_df.drop_duplicates(subset=["run", "model", "bits"]).reset_index(drop=True)
@@ -90,7 +88,7 @@ def paper_numbers(path: Path = PAPER_TABLE_PATH) -> pd.DataFrame:
     """The paper's Table 1 entries we hold (``data/reference/paper_table1.csv``); empty if absent."""
     if not path.is_file():
         return pd.DataFrame(columns=["system", "size", "model", "bits"])
-    return pd.read_csv(path, comment="#")
+    return read_csv(path, comment="#")
 
 
 def table1_with_paper(table1: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
@@ -267,7 +265,7 @@ def summary(table1: pd.DataFrame, inputs: ReportInputs) -> dict:
     for row in table1.to_dict("records"):
         baseline = row["model"] == "baseline"
         stage_dir = inputs.train_dir(row["run"]) if baseline else inputs.distill_dir(row["run"], int(row["bits"]))
-        seconds = read_json(stage_dir / "metrics.json").get("seconds_per_step")
+        seconds = METRICS.read(stage_dir / "metrics.json").get("seconds_per_step")
         keys = SUMMARY_KEYS[:3] if baseline else SUMMARY_KEYS
         entry = {key: clean(row.get(key)) for key in keys} | {"seconds_per_step": clean(seconds)}
         result.setdefault(row["run"], {})["baseline" if baseline else f"bits{int(row['bits'])}"] = entry
@@ -289,10 +287,33 @@ def references_note(params: dict) -> str:
     )
 
 
+# What the report writes in its out-dir, report.md last. Each is replaced whole, figures/ and captions/ included,
+# and one this report does not write (a section without its inputs) is removed; other files there are kept.
+OUTPUTS = (
+    "table1.csv",
+    "table1.html",
+    "tfim_scaling_fits.csv",
+    "vq_training.csv",
+    "incremental_scaling.csv",
+    "summary.json",
+    "captions",
+    "figures",
+    "report.md",
+)
+
+
 def write_report(params: dict, inputs: ReportInputs, out_dir: str | Path) -> Path:
-    """Build every table and figure and write ``report.md``; returns its path."""
-    inputs.check()
-    out_dir = ensure_writable_dir(out_dir)
+    """Check every input, build every output in a staging directory inside ``out_dir`` and move them into
+    place (:func:`vqnqs.io.staged_outputs`): a refused or failed report leaves ``out_dir`` as it was.
+    Returns the path of ``report.md``."""
+    inputs.check(params)
+    with staged_outputs(out_dir, OUTPUTS) as staging:
+        build_report(params, inputs, staging)
+    return Path(out_dir) / "report.md"
+
+
+def build_report(params: dict, inputs: ReportInputs, out_dir: Path) -> None:
+    """Every table, figure and caption of the report, and ``report.md``, written into ``out_dir``."""
     figures = ensure_writable_dir(out_dir / "figures")
     tables = collect_tables(inputs, params)
     table1 = table1_with_paper(tables["table1"], paper_numbers())
@@ -376,7 +397,5 @@ def write_report(params: dict, inputs: ReportInputs, out_dir: str | Path) -> Pat
             f"Data: `figures/{name}.csv`",
             "",
         ]
-    report = out_dir / "report.md"
-    with atomic_open(report) as handle:
+    with atomic_open(out_dir / "report.md") as handle:
         handle.write("\n".join(lines))
-    return report

@@ -9,13 +9,12 @@ pipeline; the section says which command produced each file. Absent files: no se
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from vqnqs.io import atomic_open
+from vqnqs.io import atomic_open, read_json
 from vqnqs.profiling.table import bits_value
 from vqnqs.report.render import log_ticks, markdown_table, save_figure
 
@@ -25,7 +24,7 @@ PATHS = ("dense", "dedup", "incremental")
 
 
 def load(results_dir: Path = BENCHMARK_RESULTS, pattern: str = PATTERN) -> list[dict]:
-    return [json.loads(path.read_text()) for path in sorted(results_dir.glob(pattern))]
+    return [read_json(path) for path in sorted(results_dir.glob(pattern))]
 
 
 def per_size(results: list[dict]) -> pd.DataFrame:

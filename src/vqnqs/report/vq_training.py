@@ -21,12 +21,10 @@ from pathlib import Path
 import pandas as pd
 import seaborn as sns
 
-from vqnqs.io import atomic_open, read_json
-from vqnqs.report.inputs import ReportInputs, read_csv
+from vqnqs.io import atomic_open
+from vqnqs.report.inputs import HISTORY, METRICS, METRICS_READ, PART_COLUMNS, PROFILE, ReportInputs
 from vqnqs.report.render import markdown_table, save_figure
-from vqnqs.vmc.step import STEP_PARTS
 
-PART_COLUMNS = tuple(f"mean_{part}_s" for part in STEP_PARTS)
 COLUMNS = (
     "run",
     "bits",
@@ -45,7 +43,7 @@ COLUMNS = (
 
 def _profile_row(path: Path, model: str) -> dict:
     """FLOPs and dedup wall-clock per distinct sample of ``model`` ('baseline' | 'vq-nqs') in a profile table."""
-    table = read_csv(path)
+    table = PROFILE.read(path)
     rows = table[table["model"] == model]
     if rows.empty:
         return {}
@@ -57,24 +55,23 @@ def _profile_row(path: Path, model: str) -> dict:
 
 
 def _model_row(metrics: dict, wall_time_s: float) -> dict:
-    keys = ("rel_error", "exact_rel_error", "v_score", "steps", "seconds_per_step")
-    row = {key: metrics.get(key, math.nan) for key in keys}
-    return {**row, **{key: metrics.get(key, math.nan) for key in PART_COLUMNS}, "wall_time_s": wall_time_s}
+    """The model's :data:`~vqnqs.report.inputs.METRICS_READ` (NaN where absent), ``wall_time_s`` the given one."""
+    return {key: metrics.get(key, math.nan) for key in METRICS_READ} | {"wall_time_s": wall_time_s}
 
 
 def comparison(inputs: ReportInputs) -> pd.DataFrame:
     """One row per (run, bits, model), :data:`COLUMNS`."""
     rows = []
     for run, bits in inputs.vq_runs:
-        baseline = read_json(inputs.train_dir(run) / "metrics.json")
-        trained = read_json(inputs.train_vq_dir(run, bits) / "metrics.json")
+        baseline = METRICS.read(inputs.train_dir(run) / "metrics.json")
+        trained = METRICS.read(inputs.train_vq_dir(run, bits) / "metrics.json")
         profile_vq = inputs.profile(run, bits, "profile_vq")
         models = {
             "baseline": {**_model_row(baseline, baseline["wall_time_s"]), **_profile_row(profile_vq, "baseline")},
             "vmc-trained": {**_model_row(trained, trained["wall_time_s"]), **_profile_row(profile_vq, "vq-nqs")},
         }
         if bits in inputs.bits:
-            student = read_json(inputs.distill_dir(run, bits) / "metrics.json")
+            student = METRICS.read(inputs.distill_dir(run, bits) / "metrics.json")
             total = baseline["wall_time_s"] + student["wall_time_s"]
             models["distilled"] = {
                 **_model_row(student, total),
@@ -91,7 +88,7 @@ def error_curves(inputs: ReportInputs) -> pd.DataFrame:
     curves = []
     for run, bits in inputs.vq_runs:
         panel = f"{run}, {bits} bits"
-        baseline = read_json(inputs.train_dir(run) / "metrics.json")
+        baseline = METRICS.read(inputs.train_dir(run) / "metrics.json")
         histories = {
             "baseline": (inputs.train_dir(run) / "history.csv", 0.0),
             "vmc-trained": (inputs.train_vq_dir(run, bits) / "history.csv", 0.0),
@@ -99,7 +96,7 @@ def error_curves(inputs: ReportInputs) -> pd.DataFrame:
         if bits in inputs.bits:
             histories["distilled"] = (inputs.distill_dir(run, bits) / "history.csv", baseline["wall_time_s"])
         for model, (path, offset) in histories.items():
-            history = read_csv(path)[["time_s", "rel_error"]].dropna()
+            history = HISTORY.read(path)[["time_s", "rel_error"]].dropna()
             curves.append(history.assign(panel=panel, model=model, time_s=history["time_s"] + offset))
     return pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
 
