@@ -24,11 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from vqnqs.io import InputError, read_json
+from vqnqs.io import InputError, finite_number, read_json
 from vqnqs.profiling.table import BASELINE_LABEL, COMPONENT_COLUMNS, CONTRACT_COLUMNS, TEXT_COLUMNS, VQ_LABEL
 from vqnqs.report.captions import TABLE1_COLUMNS
 from vqnqs.stages.driver import METRICS_KEYS
-from vqnqs.stages.inputs import finite_number
 from vqnqs.vmc.step import STEP_PARTS
 
 
