@@ -202,7 +202,7 @@ STAGES = (
         gathers={
             "reference": ("reference",),
             "train": ("metrics", "history"),
-            "distill": ("metrics",),
+            "distill": ("metrics", "history"),  # the history: the VQ-training section's curve of the student
             "profile": ("table", "components"),
             "train_vq": ("metrics", "history"),
             "profile_vq": ("table", "components"),
