@@ -19,6 +19,8 @@ import pytest
 import yaml
 
 from vqnqs import pipeline
+from vqnqs.config import load_params
+from vqnqs.report import inputs_from_params
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"  # installed beside this interpreter
@@ -152,3 +154,14 @@ def test_the_params_file_of_a_profile(monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
     assert pipeline.params_file() == Path("params.yaml")
     assert pipeline.params_file("ci") == Path("config/ci.yaml")
+
+
+@pytest.mark.parametrize("profile", [None, "ci", "paper"])
+def test_the_report_reads_only_what_its_stage_declares(profile):
+    """Every file vqnqs.report checks and reads is an input of the report stage (so Snakemake and DVC rerun the
+    report when it changes); the stage's declared inputs may hold more (the data the report draws on offline)."""
+    params = load_params(pipeline.params_file(profile))
+    inputs = pipeline.snakemake_inputs(pipeline.STAGE["report"], params)
+    declared = {path for value in inputs.values() for path in ([value] if isinstance(value, str) else value)}
+    read = {str(path) for path in inputs_from_params(params).all_files()}
+    assert read and read <= declared, sorted(read - declared)
