@@ -50,6 +50,10 @@ def default_params() -> dict:
         (("systems", "heisenberg_4x4", "size"), "3x", "systems.heisenberg_4x4.size"),
         (("systems", "tfim_16", "gamma"), float("nan"), "systems.tfim_16.gamma"),
         (("systems", "tfim_16", "j2"), 0.5, "systems.tfim_16.j2"),  # J2 is the Heisenberg model's
+        (("systems", "tfim_16", "j2"), 0.0, "systems.tfim_16.j2: only the heisenberg"),  # given at all
+        (("systems", "tfim_16", "sign_rule"), False, "systems.tfim_16.sign_rule: only the heisenberg"),
+        (("systems", "heisenberg_4x4", "gamma"), 1.0, "systems.heisenberg_4x4.gamma: only the tfim"),
+        (("systems", "tfim_16", "train"), {"threads": 100000}, "systems.tfim_16.train.threads"),
         (("systems", "heisenberg_4x4", "j2"), float("inf"), "systems.heisenberg_4x4.j2"),
         (("systems", "heisenberg_4x4", "j2"), "half", "systems.heisenberg_4x4.j2"),
         (("systems", "tfim_16", "system"), "ising", "systems.tfim_16.system"),

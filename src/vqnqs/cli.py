@@ -16,10 +16,10 @@ import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from vqnqs.cli_args import Parser, finite_float, output_file, set_argument, size_argument
+from vqnqs.cli_args import Parser, finite_float, output_file, run_name, set_argument, size_argument
 from vqnqs.cli_help import STAGE_TEXTS
 from vqnqs.config import DEFAULT_PARAMS_PATH, ParamsError, load_params
-from vqnqs.io import OutputError, check_writable_dir, finite_number, read_json, write_json
+from vqnqs.io import OutputError, check_writable_dir, read_json, write_json
 from vqnqs.knobs import knob_defaults
 from vqnqs.physics.hamiltonian import SYSTEMS
 from vqnqs.physics.lattice import BOUNDARIES
@@ -28,7 +28,14 @@ from vqnqs.profiling.quantized import model_bits
 from vqnqs.profiling.table import bits_value
 from vqnqs.stages.config import DistillConfig, ProfileConfig, TrainConfig, check_bits, resolve_device
 from vqnqs.stages.distill import Distiller
-from vqnqs.stages.inputs import check_model_dir, load_reference, load_teacher, load_trained, system_from_info
+from vqnqs.stages.inputs import (
+    check_model_dir,
+    load_reference,
+    load_teacher,
+    load_trained,
+    reference_energy,
+    system_from_info,
+)
 from vqnqs.stages.profile import run_profile_stage, summary_line
 from vqnqs.stages.settings import (
     UsageError,
@@ -121,7 +128,9 @@ def start(stage, args: argparse.Namespace) -> None:
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """``--params``/``--run``: take a run's settings from the params file (flags given explicitly win)."""
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS_PATH, help="params file (default: params.yaml)")
-    parser.add_argument("--run", default=None, help="key under 'systems' in the params file, e.g. heisenberg_4x4")
+    parser.add_argument(
+        "--run", type=run_name, default=None, help="key under 'systems' in the params file, e.g. heisenberg_4x4"
+    )
 
 
 def add_system_arguments(parser: argparse.ArgumentParser) -> None:
@@ -214,6 +223,10 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> None:
     if args.bits is not None:
+        given = dict(args.overrides)
+        for key, value in (("model", "vq"), ("bits", args.bits)):
+            if given.get(key, value) != value:
+                raise UsageError(f"argument --bits {args.bits}: contradicts --set {key}={given[key]}")
         args.overrides = [("model", "vq"), ("bits", args.bits), *args.overrides]
     settings, params, hamiltonian, config = stage_setup(args, TrainConfig)
     _, world_size, _ = launched_world()
@@ -267,10 +280,11 @@ def run_distill(args: argparse.Namespace) -> None:
         student = config.student_config(teacher.model.config)
     with refused_as("argument --bits"):
         check_bits(args.bits, config.codes, student.d_model)
-    if reference is None and (reference := finite_number(teacher.metrics, "reference_per_site")) is None:
-        raise UsageError(
-            f"argument --reference: required ({teacher.path.parent}/metrics.json has no reference_per_site)"
-        )
+    if reference is None:
+        metrics = teacher.path.parent / "metrics.json"
+        if "reference_per_site" not in teacher.metrics:
+            raise UsageError(f"argument --reference: required ({metrics} has no reference_per_site)")
+        reference = reference_energy(teacher.metrics, f"teacher {metrics}", hamiltonian, "reference_per_site")
     check_writable_dir(args.out_dir)
     distiller = Distiller(hamiltonian, teacher, config, args.bits, args.out_dir, reference)
     start(distiller, args)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from pathlib import Path
 
 import yaml
 
 from vqnqs.config import load_yaml, yaml_problem
 from vqnqs.physics.lattice import parse_size
+from vqnqs.schema import RUN_NAME
 
 
 class Parser(argparse.ArgumentParser):
@@ -25,6 +27,16 @@ def size_argument(text: str) -> str:
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"{text!r}: {str(err).removeprefix(f'size {text!r}: ')}") from err
     return text.strip()
+
+
+def run_name(text: str) -> str:
+    """A key under the params' ``systems``: the schema's name pattern and length bound."""
+    if len(text) > RUN_NAME["maxLength"] or not re.fullmatch(RUN_NAME["pattern"], text):
+        raise argparse.ArgumentTypeError(
+            f"{text[:20]!r}{'...' if len(text) > 20 else ''}: expected a run name (lower-case letters, digits and _, "
+            f"at most {RUN_NAME['maxLength']} characters)"
+        )
+    return text
 
 
 def finite_float(text: str) -> float:

@@ -16,6 +16,10 @@ import sys
 from pathlib import Path
 
 SCHEMA_FILE = Path("src/vqnqs/schemas/params.schema.json")
+# A run's name (a key under ``systems``, ``--run``): it names files and directories, so it is bounded well
+# below any file system's 255-byte name limit, with room for the suffixes the pipeline adds (``_vq6``, ...).
+RUN_NAME_MAX = 64
+RUN_NAME = {"type": "string", "pattern": "^[a-z][a-z0-9_]*$", "maxLength": RUN_NAME_MAX}
 # The stage sections (``train_vq``: TrainConfig knobs merged over ``train`` for the VQ models trained by VMC).
 SECTIONS = {
     "train": "#/$defs/train",
@@ -28,6 +32,7 @@ SECTIONS = {
 def params_schema_document() -> dict:
     """The whole params schema (JSON Schema draft 2020-12)."""
     from vqnqs.knobs import section_schema
+    from vqnqs.physics.systems import SYSTEM_SETTINGS, SYSTEMS, foreign_setting
     from vqnqs.stages.config import STAGE_CONFIGS
 
     refs = {name: {"$ref": ref} for name, ref in SECTIONS.items()}
@@ -45,6 +50,19 @@ def params_schema_document() -> dict:
             "sign_rule": {"type": ["boolean", "null"]},
             **refs,
         },
+        "allOf": [  # a setting of another system is refused (a schema nothing satisfies, saying why)
+            {
+                "if": {"required": ["system"], "properties": {"system": {"const": name}}},
+                "then": {
+                    "properties": {
+                        key: {"not": {}, "description": foreign_setting(name, key)}
+                        for key in SYSTEM_SETTINGS
+                        if foreign_setting(name, key)
+                    }
+                },
+            }
+            for name in SYSTEMS
+        ],
     }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -66,7 +84,7 @@ def params_schema_document() -> dict:
             "systems": {
                 "type": "object",
                 "minProperties": 1,
-                "propertyNames": {"pattern": "^[a-z][a-z0-9_]*$"},
+                "propertyNames": RUN_NAME,
                 "additionalProperties": system,
             },
             "bits": {
@@ -83,7 +101,7 @@ def params_schema_document() -> dict:
                     "type": "object",
                     "required": ["run", "bits"],
                     "additionalProperties": False,
-                    "properties": {"run": {"type": "string"}, "bits": {"type": "integer", "minimum": 1}},
+                    "properties": {"run": RUN_NAME, "bits": {"type": "integer", "minimum": 1}},
                 },
                 "description": "VQ-NQS models trained directly by VMC (reference -> train_vq -> profile): run and bits",
             },

@@ -122,6 +122,27 @@ def test_reference_defaults_to_the_teachers(env, tmp_path):
     assert metrics["reference_per_site"] == json.loads(env["reference"].read_text())["energy_per_site"]
 
 
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"reference_per_site": 0.0}, "reference_per_site 0.0 is not a finite nonzero number"),
+        ({"reference_per_site": "oops"}, "reference_per_site 'oops' is not a finite nonzero number"),
+        ({"gamma": 2.0}, "gamma is 2.0, the trained system has 1.0"),
+    ],
+)
+def test_the_teachers_reference_is_checked_as_a_reference_file(env, tmp_path, capsys, edit, message):
+    """Without --reference, the teacher's metrics.json's reference_per_site: finite, nonzero, same physics."""
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "model.pt").write_bytes((env["teacher"] / "model.pt").read_bytes())
+    metrics = json.loads((env["teacher"] / "metrics.json").read_text())
+    (teacher / "metrics.json").write_text(json.dumps({**metrics, **edit}))
+    out = tmp_path / "out"
+    err = run_failing(distill_args(teacher, out, "6"), capsys)
+    assert "teacher/metrics.json" in err and message in err, err
+    assert not out.exists()
+
+
 def run_failing(argv, capsys) -> str:
     """Run the CLI expecting exit status 2; returns its one-line stderr."""
     with pytest.raises(SystemExit) as exit_info:  # argparse errors exit directly; the others return 2

@@ -50,7 +50,42 @@ def params_run(world, content):
             "--out-dir", str(world / "out")]  # fmt: skip
 
 
+LONG_RUN = "x" * 260  # a file name beyond any file system's limit
+
+
 CASES = {
+    "sign_rule_for_tfim": (lambda w: train(w, "--no-sign-rule"), "argument --sign-rule: only the heisenberg system"),
+    "j2_for_tfim": (lambda w: train(w, "--j2", "0.5"), "argument --j2: only the heisenberg system"),
+    "params_sign_rule_for_tfim": (
+        lambda w: params_run(w, VALID_PARAMS.replace("size: '8'", "size: '8', sign_rule: false")),
+        "systems.x.sign_rule: only the heisenberg system has Marshall's sign rule",
+    ),
+    "params_gamma_for_heisenberg": (
+        lambda w: params_run(
+            w, VALID_PARAMS.replace("system: tfim, size: '8'", "system: heisenberg, size: '4', gamma: 2")
+        ),
+        "systems.x.gamma: only the tfim system has a transverse field",
+    ),
+    "params_run_name_too_long": (
+        lambda w: params_run(w, VALID_PARAMS.replace("{x:", f"{{{LONG_RUN}:")),
+        "is too long",
+    ),
+    "cli_run_name_too_long": (
+        lambda w: ["train", "--run", LONG_RUN, "--reference", "r", "--out-dir", str(w / "out")],
+        "expected a run name",
+    ),
+    "bits_contradicts_set": (
+        lambda w: train(w, "--set", "bits=12", "--bits", "6"),
+        "argument --bits 6: contradicts --set bits=12",
+    ),
+    "model_contradicts_bits": (
+        lambda w: train(w, "--set", "model=baseline", "--bits", "6"),
+        "argument --bits 6: contradicts --set model=baseline",
+    ),
+    "init_from_a_file": (
+        lambda w: train(w, "--init-from", str(w / "inputs/ref.json")),
+        "ref.json: a file; expected a train or distill out dir",
+    ),
     "device": (lambda w: train(w, "--set", "device=cuda"), "device 'cuda'"),
     "seed_text": (lambda w: train(w, "--set", "seed=2**70"), "seed '2**70'"),
     "seed_range": (lambda w: train(w, "--set", f"seed={2**70}"), f"seed {2**70}"),
@@ -158,6 +193,7 @@ CASES |= {
         ("chunk_size=0", "chunk_size 0"),
         ("eval_samples=1", "eval_samples 1: need at least 2"),
         ("threads=0", "threads 0"),
+        ("threads=100000", "threads 100000: must lie in [1, 1024]"),
         ("engine=fast", "engine 'fast'"),
         ("lr=[1", "not valid YAML"),
         ("steps", "expected KEY=VALUE"),
@@ -224,3 +260,13 @@ def test_refused_before_any_work(world, capsys, name):
     assert len(err.strip().splitlines()) == 1 and message in err, err
     assert "Traceback" not in err
     assert sorted(p.relative_to(world) for p in world.rglob("*")) == before  # no file, directory or store
+
+
+def test_threads_beyond_the_machine_are_refused(world, capsys, monkeypatch):
+    """Within the schema's static bound, more than 4 threads per CPU of this machine: exit 2, one line."""
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    before = sorted(world.rglob("*"))
+    assert main(train(world, "--set", "threads=9")) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "threads 9: more than 4 per CPU of this machine (2 CPUs)" in err
+    assert sorted(world.rglob("*")) == before

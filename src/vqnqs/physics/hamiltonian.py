@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from vqnqs.physics.lattice import Lattice
+from vqnqs.physics.systems import SYSTEMS, foreign_setting
 
-SYSTEMS = ("tfim", "heisenberg")
 # Keys of ``describe()`` left out at these default values, so that the records (reference JSON, metrics,
 # model info, checkpoints) of the plain models are as they were before the key existed.
 DESCRIPTION_DEFAULTS = {"J2": 0.0}
@@ -226,6 +226,6 @@ def build_hamiltonian(
         if len(lattice.shape) != 1:
             raise ValueError(f"size {size!r}: the transverse-field Ising model here is a chain; expected 'N'")
         if j2 != 0.0:
-            raise ValueError(f"j2 = {j2}: only the heisenberg system has a next-nearest-neighbour coupling J2")
+            raise ValueError(f"j2 = {j2}: {foreign_setting(system, 'j2')}")
         return TransverseFieldIsing(lattice, gamma=gamma, coupling=coupling)
     return Heisenberg(lattice, coupling=coupling, sign_rule=sign_rule, j2=j2)

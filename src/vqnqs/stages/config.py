@@ -24,6 +24,7 @@ are in the README, not here.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,9 @@ from vqnqs.vmc.log_psi import ENGINES
 
 DEVICES = ("auto", "cpu", "cuda")
 SEED_MAX = 2**63 - 2  # largest seed whose seed + 1 torch.Generator.manual_seed still takes
+# A static bound on ``threads`` for the schema: 4 threads per CPU of a 256-CPU node; torch's pool of 10^5
+# threads runs out of memory and crashes.
+THREADS_MAX = 1024
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -52,8 +56,9 @@ class ExecutionConfig(Config):
     # Where the network runs (and the profile draws samples and counts FLOPs): 'auto' (CUDA when available) |
     # 'cpu' | 'cuda'.
     device: str = knob("auto", choices=DEVICES)
-    # torch CPU threads; None leaves torch's default.
-    threads: int | None = knob(None, minimum=1)
+    # torch CPU threads; None leaves torch's default. At most THREADS_MAX here, and at the start of a stage
+    # at most 4 per CPU of the machine (check_threads).
+    threads: int | None = knob(None, minimum=1, maximum=THREADS_MAX)
 
 
 @dataclass(frozen=True)
@@ -273,6 +278,12 @@ class ProfileConfig(ExecutionConfig):
         if "cuda" in self.timing_devices and not torch.cuda.is_available():
             raise ValueError("timing_devices: cuda requested but no CUDA device available")
         return [torch.device(d) for d in self.timing_devices]
+
+
+def check_threads(threads: int | None) -> None:
+    """More threads than 4 per CPU of this machine only oversubscribe it: a ``ValueError`` naming threads."""
+    if threads is not None and threads > 4 * (cpus := os.cpu_count() or 1):
+        raise ValueError(f"threads {threads}: more than 4 per CPU of this machine ({cpus} CPUs)")
 
 
 def resolve_device(name: str) -> torch.device:

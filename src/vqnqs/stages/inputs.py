@@ -37,18 +37,24 @@ def load_reference(path: str | Path, hamiltonian: Hamiltonian) -> float:
         record = read_json(path)
     except InputError as err:
         raise InputError(f"reference {err}") from err
+    return reference_energy(record, f"reference {path}", hamiltonian)
+
+
+def reference_energy(record: dict, source: str, hamiltonian: Hamiltonian, key: str = "energy_per_site") -> float:
+    """``record[key]``, a finite nonzero number, of a record (a reference JSON; a teacher's metrics.json with
+    ``reference_per_site``) that describes ``hamiltonian``; an :class:`InputError` naming ``source`` if not."""
     lattice = hamiltonian.lattice
-    for key, value in {"system": hamiltonian.system, "size": lattice.size, "boundary": lattice.boundary}.items():
-        if record.get(key) != value:
-            raise InputError(f"reference {path}: {key} is {record.get(key)!r}, the trained system has {value!r}")
-    stored = with_description_defaults(record.get("hamiltonian") if isinstance(record.get("hamiltonian"), dict) else {})
-    for key, value in with_description_defaults(hamiltonian.describe()).items():
-        if stored.get(key) != value:
-            raise InputError(f"reference {path}: {key} is {stored.get(key)!r}, the trained system has {value!r}")
-    energy = finite_number(record, "energy_per_site")
+    for name, value in {"system": hamiltonian.system, "size": lattice.size, "boundary": lattice.boundary}.items():
+        if record.get(name) != value:
+            raise InputError(f"{source}: {name} is {record.get(name)!r}, the trained system has {value!r}")
+    described = record.get("hamiltonian", record)  # a reference's couplings are nested, metrics.json's are not
+    stored = with_description_defaults(described if isinstance(described, dict) else {})
+    for name, value in with_description_defaults(hamiltonian.describe()).items():
+        if stored.get(name) != value:
+            raise InputError(f"{source}: {name} is {stored.get(name)!r}, the trained system has {value!r}")
+    energy = finite_number(record, key)
     if energy is None or energy == 0:
-        found = record.get("energy_per_site")
-        raise InputError(f"reference {path}: energy_per_site {found!r} is not a finite nonzero number")
+        raise InputError(f"{source}: {key} {record.get(key)!r} is not a finite nonzero number")
     return energy
 
 
@@ -135,7 +141,8 @@ def load_teacher(
     """
     directory = Path(directory)
     if not directory.is_dir():
-        raise CheckpointError(f"{what} directory {directory}: not found")
+        found = "a file; expected a train or distill out dir (holding model.pt)" if directory.exists() else "not found"
+        raise CheckpointError(f"{what} directory {directory}: {found}")
     path = directory / MODEL_FILE
     model, info = load_model(path)
     if isinstance(model, VQTransformer) and not start:

@@ -17,11 +17,13 @@ from typing import Any
 
 from vqnqs.config import load_params, run_settings, section_mapping
 from vqnqs.physics.hamiltonian import Hamiltonian, build_hamiltonian
-from vqnqs.stages.config import resolve_device
+from vqnqs.physics.systems import SYSTEM_SETTINGS, foreign_setting
+from vqnqs.stages.config import check_threads, resolve_device
 from vqnqs.tracking import Run
 from vqnqs.vmc.local_energy import check_chunk_fits
 
 SYSTEM_KEYS = ("system", "size", "boundary", "gamma", "J", "j2", "sign_rule")
+SETTING_DEFAULTS = {"gamma": None, "j2": 0.0, "sign_rule": None}  # of the settings of one system each
 
 
 class UsageError(ValueError):
@@ -29,14 +31,17 @@ class UsageError(ValueError):
 
 
 def resolve_system(args: argparse.Namespace) -> tuple[dict, dict]:
-    """Merge explicit flags over the ``--run`` entry; returns (system settings, whole params or {})."""
+    """Merge explicit flags over the ``--run`` entry; returns (system settings, whole params or {}).
+
+    A setting of another system (:data:`~vqnqs.physics.systems.SYSTEM_SETTINGS`) given on the command line
+    is refused (in a params entry the schema refuses it); one that the run's entry gave for the system a
+    flag replaces is dropped.
+    """
     params: dict = {}
-    settings: dict[str, Any] = {"boundary": "open", "gamma": None, "J": 1.0, "j2": 0.0, "sign_rule": None}
+    settings: dict[str, Any] = {"boundary": "open", "J": 1.0, **SETTING_DEFAULTS}
     if args.run is not None:
         params = load_params(args.params)
         settings = run_settings(params, args.run)
-        if settings["system"] != "tfim":
-            settings["gamma"] = None
     explicit = {
         "system": args.system,
         "size": args.size,
@@ -50,10 +55,11 @@ def resolve_system(args: argparse.Namespace) -> tuple[dict, dict]:
     for key in ("system", "size"):
         if settings.get(key) is None:
             raise UsageError(f"argument --{key}: required (or take it from the params file with --run KEY)")
-    if settings["system"] != "tfim" and settings["gamma"] not in (None, 1.0):
-        raise UsageError("argument --gamma: only the tfim system has a transverse field")
-    if settings["system"] != "heisenberg" and settings["j2"] not in (None, 0.0):
-        raise UsageError("argument --j2: only the heisenberg system has a next-nearest-neighbour coupling J2")
+    for key in SYSTEM_SETTINGS:
+        if (problem := foreign_setting(settings["system"], key)) is not None:
+            if explicit[key] is not None:
+                raise UsageError(f"argument --{key.replace('_', '-')}: {problem}")
+            settings[key] = SETTING_DEFAULTS[key]
     return settings, params
 
 
@@ -78,6 +84,7 @@ def stage_config(cls: type, params: dict, settings: dict, overrides: list[tuple[
     with refused_as(f"{section} settings"):
         config = cls.from_mapping(merged)
         resolve_device(config.device)  # a device that is not there is refused now, before any work
+        check_threads(config.threads)
     return config
 
 
