@@ -19,15 +19,16 @@ from pathlib import Path
 from vqnqs.cli_args import Parser, finite_float, output_file, run_name, set_argument, size_argument
 from vqnqs.cli_help import STAGE_TEXTS
 from vqnqs.config import DEFAULT_PARAMS_PATH, ParamsError, load_params
-from vqnqs.io import OutputError, check_writable_dir, read_json, write_json
+from vqnqs.io import OutputError, check_not_an_input, check_writable_dir, read_json, write_json
 from vqnqs.knobs import knob_defaults
 from vqnqs.physics.hamiltonian import SYSTEMS
 from vqnqs.physics.lattice import BOUNDARIES
 from vqnqs.physics.reference import DEFAULT_LITERATURE_KEY, DEFAULT_LITERATURE_PATH, METHODS, compute_reference
 from vqnqs.profiling.quantized import model_bits
-from vqnqs.profiling.table import bits_value
+from vqnqs.profiling.table import bits_value, components_path
 from vqnqs.stages.config import DistillConfig, ProfileConfig, TrainConfig, check_bits, resolve_device
 from vqnqs.stages.distill import Distiller
+from vqnqs.stages.driver import CHECKPOINT_FILE, OUTPUT_FILES
 from vqnqs.stages.inputs import (
     check_model_dir,
     load_reference,
@@ -36,6 +37,7 @@ from vqnqs.stages.inputs import (
     reference_energy,
     system_from_info,
 )
+from vqnqs.stages.outdir import held_out_dir
 from vqnqs.stages.profile import run_profile_stage, summary_line
 from vqnqs.stages.settings import (
     UsageError,
@@ -98,6 +100,7 @@ def stage_parser(subparsers: argparse._SubParsersAction, config: type, handler: 
 def add_out_dir(parser: argparse.ArgumentParser) -> None:
     """``--out-dir`` of a step-wise stage, and what to do with a checkpoint found there."""
     parser.add_argument("--out-dir", required=True, type=Path, help="output directory (checkpoint, metrics, model)")
+    parser.set_defaults(checkpointed=True)
     parser.add_argument(
         "--fresh",
         action="store_true",
@@ -114,6 +117,13 @@ def add_out_dir(parser: argparse.ArgumentParser) -> None:
             "learning rate past the end of its original schedule"
         ),
     )
+
+
+def check_apart(args: argparse.Namespace, outputs: list[Path], files: list, directories: list) -> None:
+    """Refuse an output that is an input: one of ``files`` (None: not given), the params file of ``--run``, or a
+    file of one of the input ``directories`` (:func:`vqnqs.io.check_not_an_input`)."""
+    params = [args.params] if getattr(args, "run", None) is not None else []
+    check_not_an_input(outputs, [file for file in (*files, *params) if file is not None], directories)
 
 
 def start(stage, args: argparse.Namespace) -> None:
@@ -193,6 +203,7 @@ def run_reference(args: argparse.Namespace) -> None:
     hamiltonian = hamiltonian_from(settings)
     literature_key = args.literature_key or params.get("reference", {}).get("literature_key")
     check_writable_dir(args.out.parent)
+    check_apart(args, [args.out], [args.literature], [])
     record = compute_reference(hamiltonian, args.method, literature_key, args.literature)
     write_json(args.out, record)
     print(
@@ -239,7 +250,9 @@ def run_train(args: argparse.Namespace) -> None:
     if args.init_from is not None:
         start_from = load_teacher(args.init_from, hamiltonian, "--init-from", start=True)
     check_writable_dir(args.out_dir)
-    with joined_world(resolve_device(config.device).type) as world:
+    outputs = [args.out_dir / name for name in OUTPUT_FILES]
+    check_apart(args, outputs, [args.reference], [args.init_from] if args.init_from is not None else [])
+    with joined_world(resolve_device(config.device).type) as world, held_out_dir(args.out_dir, world):
         trainer = Trainer(hamiltonian, config, args.out_dir, reference, start_from, world)
         start(trainer, args)
         used = {"train": config.to_dict(), "reference": str(args.reference)}
@@ -286,20 +299,22 @@ def run_distill(args: argparse.Namespace) -> None:
             raise UsageError(f"argument --reference: required ({metrics} has no reference_per_site)")
         reference = reference_energy(teacher.metrics, f"teacher {metrics}", hamiltonian, "reference_per_site")
     check_writable_dir(args.out_dir)
-    distiller = Distiller(hamiltonian, teacher, config, args.bits, args.out_dir, reference)
-    start(distiller, args)
-    used = {
-        "distill": config.to_dict(),
-        "bits": args.bits,
-        "teacher": str(args.teacher),
-        "teacher_digest": teacher.digest,
-        "reference": str(args.reference) if args.reference is not None else "teacher metrics.json",
-    }
-    with open_run("distill", settings, params, args.run, used, distiller, bits=args.bits) as run:
-        metrics = distiller.run(run, resume=False)
-    teacher_rel = metrics["teacher_rel_error"]
-    extra = f"teacher {'n/a' if teacher_rel is None else f'{teacher_rel:.2e}'}, fidelity {metrics['fidelity']:.6f}"
-    print(energy_line(f"{settings['system']} {settings['size']} {args.bits} bits", metrics, args.out_dir, extra))
+    check_apart(args, [args.out_dir / name for name in OUTPUT_FILES], [args.reference], [args.teacher])
+    with held_out_dir(args.out_dir):
+        distiller = Distiller(hamiltonian, teacher, config, args.bits, args.out_dir, reference)
+        start(distiller, args)
+        used = {
+            "distill": config.to_dict(),
+            "bits": args.bits,
+            "teacher": str(args.teacher),
+            "teacher_digest": teacher.digest,
+            "reference": str(args.reference) if args.reference is not None else "teacher metrics.json",
+        }
+        with open_run("distill", settings, params, args.run, used, distiller, bits=args.bits) as run:
+            metrics = distiller.run(run, resume=False)
+        teacher_rel = metrics["teacher_rel_error"]
+        extra = f"teacher {'n/a' if teacher_rel is None else f'{teacher_rel:.2e}'}, fidelity {metrics['fidelity']:.6f}"
+        print(energy_line(f"{settings['system']} {settings['size']} {args.bits} bits", metrics, args.out_dir, extra))
 
 
 def add_profile(subparsers: argparse._SubParsersAction) -> None:
@@ -327,6 +342,7 @@ def run_profile(args: argparse.Namespace) -> None:
     load_trained(args.baseline, "baseline", vq=False, hamiltonian=hamiltonian)
     config.resolved_timing_devices()
     check_writable_dir(args.out.parent)
+    check_apart(args, [args.out, components_path(args.out)], [args.reference], [args.model_dir, args.baseline])
     used = {"profile": config.to_dict(), "model_dir": str(args.model_dir), "baseline": str(args.baseline)}
     used["reference"] = None if args.reference is None else str(args.reference)
     with open_run("profile", settings, params, args.run, used, bits=bits_value(model_bits(student))) as run:
@@ -393,6 +409,16 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
+def stopped_line(args: argparse.Namespace, stop: BaseException) -> str:
+    """What a stage stopped by SIGINT or SIGTERM leaves: for a step-wise one, its checkpoint or none."""
+    line = f"vqnqs {args.stage}: {'interrupted' if isinstance(stop, KeyboardInterrupt) else 'terminated'}"
+    if not getattr(args, "checkpointed", False):
+        return line
+    if (args.out_dir / CHECKPOINT_FILE).is_file():
+        return f"{line}; the last checkpoint is kept, a rerun resumes from it"
+    return f"{line}; no checkpoint was written, a rerun starts from step 0"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -405,8 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.handler(args)
     except (KeyboardInterrupt, Terminated) as stop:
-        what = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
-        print(f"vqnqs {args.stage}: {what}; the last checkpoint is kept, a rerun resumes from it", file=sys.stderr)
+        print(stopped_line(args, stop), file=sys.stderr)
         return 130 if isinstance(stop, KeyboardInterrupt) else 143
     except (UsageError, ParamsError, ValueError, OutputError) as err:
         print(f"vqnqs {args.stage}: error: {err}", file=sys.stderr)

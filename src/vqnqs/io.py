@@ -8,7 +8,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -65,6 +65,24 @@ def check_writable_dir(directory: str | os.PathLike) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"output directory {path}: cannot write there ({existing} is not writable)")
     return path
+
+
+def check_not_an_input(
+    outputs: Iterable[str | os.PathLike],
+    files: Iterable[str | os.PathLike] = (),
+    directories: Iterable[str | os.PathLike] = (),
+) -> None:
+    """Refuse (:class:`OutputError` naming it) an output that is one of the input ``files`` or would overwrite a
+    file of one of the input ``directories``; paths are compared resolved (symlinks, ``./x`` and ``x`` alike)."""
+    inputs = {Path(file).resolve(): file for file in files}
+    input_dirs = [(Path(directory).resolve(), directory) for directory in directories]
+    for output in outputs:
+        target = Path(output).resolve()
+        if target in inputs:
+            raise OutputError(f"output {output}: is the input {inputs[target]}")
+        for resolved, directory in input_dirs:
+            if target.exists() and target.is_relative_to(resolved):
+                raise OutputError(f"output {output}: would overwrite a file of the input directory {directory}")
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from vqnqs.io import ensure_writable_dir, write_json
+from vqnqs.io import OutputError, ensure_writable_dir, write_json
 from vqnqs.knobs import dotted
 from vqnqs.models import AutoregressiveTransformer
 from vqnqs.physics.hamiltonian import Hamiltonian
@@ -53,6 +53,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.pt"
+OUTPUT_FILES = (CHECKPOINT_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE)  # what a stage writes in its out dir
 # What every stage's metrics.json holds at least (the contract that later stages read; docs/design.md).
 METRICS_KEYS = (
     "energy_per_site",
@@ -284,7 +285,11 @@ class Stage:
             for n in itertools.count(1)
             if not (self.out_dir / f"checkpoint.{n}.pt").exists()
         )
-        self.checkpoint_path.rename(aside)
+        try:  # before any work: a checkpoint that cannot be moved (immutable, read-only dir) is refused here
+            self.checkpoint_path.rename(aside)
+        except OSError as err:
+            reason = err.strerror or err
+            raise OutputError(f"checkpoint {self.checkpoint_path}: cannot be set aside ({reason})") from err
         return aside
 
     def resume(self, on_change: str = "restart") -> None:
