@@ -94,3 +94,13 @@ def test_snakemake_refuses_what_the_cli_refuses(tmp_path, content, names):
     assert result.returncode != 0
     assert names in result.stdout + result.stderr
     assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
+
+
+def test_a_run_section_that_clashes_with_the_global_one_is_a_params_error():
+    """Each valid alone, merged they are not (warmup_steps >= the run's steps): refused naming both places (found
+    by the fuzz above: it was a bare ValueError)."""
+    params = copy.deepcopy(PARAMS)
+    run = next(key for key, entry in params["systems"].items() if "steps" in (entry.get("distill") or {}))
+    params["distill"] = {"warmup_steps": params["systems"][run]["distill"]["steps"]}
+    with pytest.raises(ParamsError, match=rf"^fuzz.yaml: systems.{run}.distill over distill: warmup_steps"):
+        validate_params(params, "fuzz.yaml")

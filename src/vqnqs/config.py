@@ -132,9 +132,16 @@ def _check_sections(params: dict, source: str) -> None:
             TrainConfig.from_mapping(mapping)
         except ValueError as err:
             raise ParamsError(f"{where}: {err}") from err
-    for run, entry in params["systems"].items():  # every bandwidth must give a quantiser for every run
-        distill = DistillConfig.from_mapping(section_mapping(params, entry, ("distill",)))
-        for bits in params["bits"]:
+    for run, entry in params["systems"].items():  # each run's sections merged over the global ones, as its jobs
+        for config in STAGE_CONFIGS:  # build them: valid alone, a pair can still clash (warmup_steps >= steps)
+            try:
+                merged = config.from_mapping(section_mapping(params, entry, (config.section,)))
+            except ValueError as err:
+                where = _key_path(("systems", run, config.section))
+                raise ParamsError(f"{source}: {where} over {config.section}: {err}") from err
+            if config is DistillConfig:
+                distill = merged
+        for bits in params["bits"]:  # every bandwidth must give a quantiser for every run
             try:
                 distill.vq_config(bits)
             except ValueError as err:
