@@ -36,6 +36,8 @@ def transformer_configs(draw, min_blocks: int = 1, max_blocks: int = 2) -> Trans
     shape, patch = draw(st.sampled_from(LATTICES))
     n_sites = shape[0] * (shape[1] if len(shape) == 2 else 1)
     d_model = draw(st.sampled_from([8, 16]))
+    attention = draw(st.sampled_from(["content", "position"]))
+    window = draw(st.none() | st.integers(1, 4)) if attention == "position" else None
     return TransformerConfig(
         shape,
         patch,
@@ -44,13 +46,17 @@ def transformer_configs(draw, min_blocks: int = 1, max_blocks: int = 2) -> Trans
         n_blocks=draw(st.integers(min_blocks, max_blocks)),
         d_ff=2 * d_model,
         n_down=n_sites // 2 if draw(st.booleans()) else None,
+        attention=attention,
+        window=window,
     )
 
 
 @st.composite
 def vq_cases(draw):
     config = draw(transformer_configs())
-    vq = VQConfig(heads=draw(st.sampled_from([1, 2, 4])), codes=draw(st.integers(2, 16)))
+    vq = VQConfig(
+        heads=draw(st.sampled_from([1, 2, 4])), codes=draw(st.integers(2, 16)), quantize_final=draw(st.booleans())
+    )
     return (
         config,
         vq,
@@ -73,7 +79,7 @@ def test_vq_engine_matches_dense_forward(case) -> None:
         reference_codes = dense_codes(model, s)
         result = dedup_log_prob(model, s, record_codes=True)
     # Identical codes, layer by layer.
-    assert len(result.codes) == len(reference_codes) == config.n_blocks
+    assert len(result.codes) == len(reference_codes) == config.n_blocks + vq.quantize_final
     for engine_codes, codes in zip(result.codes, reference_codes, strict=True):
         assert engine_codes.shape == (s.shape[0], model.patching.n_tokens, vq.heads)
         assert torch.equal(engine_codes, codes)
@@ -97,7 +103,9 @@ def test_vq_engine_matches_dense_forward(case) -> None:
         assert sum(layer.prefixes_per_position) == layer.attention_rows <= locations
         assert layer.unique_rows <= layer.attention_rows  # a state per prefix at most
     final = result.stats[-1]
-    assert final.layer == "final" and final.unique_rows == final.attention_rows
+    assert final.layer == "final" and final.quantized == vq.quantize_final
+    if not vq.quantize_final:  # without a quantiser every prefix is its own state
+        assert final.unique_rows == final.attention_rows
 
 
 @settings(max_examples=15, deadline=None)

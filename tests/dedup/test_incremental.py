@@ -46,7 +46,8 @@ def check_against_dense(model, system: str, s: torch.Tensor, policy: ExecutionPo
 
 
 def quantizers(model) -> list:
-    return [block.attn.quantizer for block in model.blocks if isinstance(block.attn.quantizer, VectorQuantizer)]
+    blocks = [*model.blocks, model.final_block]
+    return [block.attn.quantizer for block in blocks if isinstance(block.attn.quantizer, VectorQuantizer)]
 
 
 def assert_same_codes(codes: torch.Tensor, x: torch.Tensor, quantizer: VectorQuantizer) -> None:
@@ -68,7 +69,10 @@ def assert_same_codes(codes: torch.Tensor, x: torch.Tensor, quantizer: VectorQua
 @st.composite
 def cases(draw):
     config = draw(transformer_configs(0, 3))
-    vq = draw(st.none() | st.builds(VQConfig, heads=st.sampled_from([1, 2, 4]), codes=st.integers(2, 16)))
+    vq = draw(
+        st.none()
+        | st.builds(VQConfig, heads=st.sampled_from([1, 2, 4]), codes=st.integers(2, 16), quantize_final=st.booleans())
+    )
     return config, vq, draw(st.booleans()), draw(st.sampled_from(["heisenberg", "tfim"]))
 
 

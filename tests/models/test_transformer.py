@@ -31,6 +31,10 @@ CASES = [
     pytest.param(TransformerConfig((12,), 2, d_model=16, n_heads=4, n_down=6), id="chain12-K2-sz"),
     pytest.param(TransformerConfig((2, 6), 2, d_model=16, n_heads=2), id="2x6-p2"),
     pytest.param(TransformerConfig((2, 6), 2, d_model=16, n_heads=2, n_down=6), id="2x6-p2-sz"),
+    pytest.param(TransformerConfig((12,), 2, d_model=16, n_heads=2, attention="position", window=2), id="chain12-pos"),
+    pytest.param(
+        TransformerConfig((2, 6), 2, d_model=16, n_heads=2, n_down=6, attention="position"), id="2x6-p2-sz-pos"
+    ),
 ]
 
 
@@ -109,8 +113,9 @@ def test_samples_follow_the_model_distribution(config: TransformerConfig) -> Non
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n_down", [None, 6])
-def test_cached_and_uncached_sampling_agree(dtype: torch.dtype, n_down: int | None) -> None:
-    config = TransformerConfig((3, 4), 1, d_model=16, n_heads=4, n_down=n_down)
+@pytest.mark.parametrize("attention", ["content", "position"])
+def test_cached_and_uncached_sampling_agree(dtype: torch.dtype, n_down: int | None, attention: str) -> None:
+    config = TransformerConfig((3, 4), 1, d_model=16, n_heads=4, n_down=n_down, attention=attention)
     model = random_model(config, seed=3).to(dtype)
     cached = model.sample(500, generator=torch.Generator().manual_seed(7), use_cache=True)
     uncached = model.sample(500, generator=torch.Generator().manual_seed(7), use_cache=False)
@@ -212,6 +217,9 @@ def test_default_patch_tiles_the_lattice(shape, patch) -> None:
         ({"lattice_shape": (12,), "patch": 3, "n_blocks": -1}, "n_blocks"),
         ({"lattice_shape": (12,), "patch": 3, "n_down": 13}, "n_down"),
         ({"lattice_shape": (12,), "patch": 3, "d_ff": 0}, "d_ff"),
+        ({"lattice_shape": (12,), "patch": 3, "window": 2}, "window"),
+        ({"lattice_shape": (12,), "patch": 3, "attention": "position", "window": 0}, "window"),
+        ({"lattice_shape": (12,), "patch": 3, "attention": "local"}, "attention"),
     ],
 )
 def test_config_validation(kwargs: dict, field: str) -> None:

@@ -170,7 +170,7 @@ def dense_codes(model: AutoregressiveTransformer, s: Tensor) -> list[Tensor]:
     """
     recorded: list[Tensor] = []
     handles = []
-    for block in model.blocks:
+    for block in [*model.blocks, model.final_block]:
         quantizer = quantizer_of(block)
         if quantizer is not None:
             hook = lambda module, args, output: recorded.append(module.encode(args[0]))  # noqa: E731

@@ -36,7 +36,9 @@ from einops import rearrange
 from torch import Tensor
 
 from vqnqs.dedup.incremental_attention import SampleAttention, SlotAttention, causal_attention_sums, updated_attention
-from vqnqs.dedup.keys import pair_ids, tuple_ids
+from vqnqs.dedup.incremental_position import position_block
+from vqnqs.dedup.incremental_states import States, next_states
+from vqnqs.dedup.keys import pair_ids
 from vqnqs.dedup.layers import quantizer_of
 from vqnqs.dedup.policy import DEFAULT_POLICY, Execution, ExecutionPolicy
 from vqnqs.dedup.slots import SlotRows, chunks_by_count, pad, sort_rows
@@ -46,16 +48,6 @@ from vqnqs.models.transformer import AutoregressiveTransformer
 # Rounding allowance of an updated attention output, in units of eps * (T + e) * max|v_h|: a code is reused
 # only if the output moved less than the certified radius minus this.
 ROUNDING_ALLOWANCE = 8.0
-
-
-@dataclass
-class States:
-    """The hidden states at one depth of the samples' rows and of the configurations' changed rows, as ids into
-    one table of unique states (keyed as in the dedup engine: equal keys, equal states)."""
-
-    table: Tensor  # (U, d)
-    sample_ids: Tensor  # (B, T)
-    rows: SlotRows  # the configurations' changed rows (config, pos, ids)
 
 
 @dataclass
@@ -219,57 +211,44 @@ def config_block(
         k, i = differs.nonzero(as_tuple=True)
         parts.append((chunk.members[k], i, chunk.x_ids[k, i], value[k, i]))
     config, pos, x_ids, value = (torch.cat(column) for column in zip(*parts, strict=True))
-    order = sort_rows(config, pos, n_tokens)
-    config, pos = config[order], pos[order]
-    x_ids = torch.cat([states.sample_ids.flatten(), x_ids[order]])  # samples' rows first, then the configurations'
-    value = torch.cat([sample_value.flatten(0, 1), value[order]])
-    if quantizer is None:
-        ids = torch.arange(x_ids.numel(), device=x_ids.device)
-        table = block.residual(states.table[x_ids], block.attn.out_proj(value))  # (B*T + R, d)
-    else:
-        tuple_of, tuples = tuple_ids(value, quantizer.codes)  # (B*T + R,), (n_tuples, Hq)
-        ids, x_u, tuple_u = pair_ids(x_ids, states.table.shape[0], tuple_of, tuples.shape[0])
-        projected = block.attn.out_proj(quantizer.decode(tuples))  # (n_tuples, d): W_O per distinct code tuple
-        table = block.residual(states.table[x_u], projected[tuple_u])  # (U', d)
-    if block.ff is not None and block.ln_ff is not None:
-        table = run.map_rows(lambda y: block.residual(y, block.ff(block.ln_ff(y))), table)
-    stats["slot_rows"] += config.numel()
-    stats["unique_rows"] += table.shape[0]
-    n_sample_rows = states.sample_ids.numel()
-    sample_ids = ids[:n_sample_rows].view_as(states.sample_ids)
-    return States(table, sample_ids, SlotRows(config, pos, ids[n_sample_rows:])), codes, cache.codes
+    new = next_states(block, quantizer, states, config, pos, x_ids, value, sample_value, run, stats)
+    return new, codes, cache.codes
 
 
-def final_log_probs(
+def output_log_probs(
     model: AutoregressiveTransformer,
     states: States,
     owner: Tensor,
-    first: Tensor,
     tokens: Tensor,
     config_tokens: Tensor,
     run: Execution,
     stats: Counter,
 ) -> tuple[Tensor, Tensor]:
-    """The final half-block and the output: the samples' conditionals ``(B, T, vocab)`` (samples' ``tokens (B, T)``),
-    and each configuration's conditionals ``(K, T)`` at its ``config_tokens (K, T)`` for the rows from its first
-    change on (the others are left 0)."""
-    block = model.final_block
-    n_tokens = tokens.shape[1]
+    """The output from the states after the final block: the samples' conditionals ``(B, T, vocab)`` (samples'
+    ``tokens (B, T)``) and each configuration's conditionals ``(K, T)`` at its ``config_tokens (K, T)``.
+
+    A configuration's row is its sample's conditional at the configuration's token unless its final state
+    differs (a changed row: the head runs on it) or, with an Sz sector, its count of down spins before it does
+    (the mask runs again on the logits)."""
+    n_conf, n_tokens = config_tokens.shape
+    logits = run.map_rows(lambda h: model.head(model.ln_f(h)), states.table)  # (U, vocab)
+    sample_conditionals = model.masked_log_softmax(logits[states.sample_ids], model.n_down_before(tokens))
+    vocab = sample_conditionals.shape[-1]
     t = torch.arange(n_tokens, device=owner.device)
-    qkv = run.map_rows(lambda x: block.attn.qkv_proj(block.ln_attn(x)), states.table)  # (U, 3d)
-    cache = sample_attention(block, states, qkv)
-    hidden = block.residual(states.table[states.sample_ids], block.attn.out_proj(cache.mixed))  # (B, T, d)
-    sample_conditionals = model.masked_log_softmax(model.head(model.ln_f(hidden)), model.n_down_before(tokens))
-    out = torch.zeros(config_tokens.shape, dtype=states.table.dtype, device=owner.device)
-    for chunk in attention_chunks(block, cache, states, qkv, owner, first, run, stats):
-        k, i = (t >= first[chunk.members][:, None]).nonzero(as_tuple=True)
-        hidden = block.residual(states.table[chunk.x_ids[k, i]], block.attn.out_proj(chunk.mixed[k, i]))  # (R, d)
-        logits = hidden.new_zeros(*chunk.x_ids.shape, model.head.out_features)  # (K_c, T, vocab)
-        logits[k, i] = run.map_rows(lambda h: model.head(model.ln_f(h)), hidden)
-        chunk_tokens = config_tokens[chunk.members]
-        log_probs = model.masked_log_softmax(logits, model.n_down_before(chunk_tokens))
-        out[chunk.members] = log_probs.gather(-1, chunk_tokens[..., None]).squeeze(-1)
-        stats["conditionals"] += k.numel()
+    flat = (owner[:, None] * n_tokens + t) * vocab + config_tokens  # (K, T) into the samples' conditionals
+    out = torch.take(sample_conditionals, flat)  # (K, T)
+    rows = states.rows
+    config_ids = states.sample_ids[owner]  # (K, T)
+    config_ids[rows.config, rows.pos] = rows.ids
+    redo = torch.zeros(n_conf, n_tokens, dtype=torch.bool, device=owner.device)
+    redo[rows.config, rows.pos] = True
+    counts = model.n_down_before(config_tokens)  # (K, T)
+    if model.config.n_down is not None:
+        redo |= counts != model.n_down_before(tokens)[owner]
+    k, i = redo.nonzero(as_tuple=True)
+    conditionals = model.masked_log_softmax(logits[config_ids[k, i]], counts[k, i], positions=i)  # (R, vocab)
+    out[k, i] = conditionals.gather(-1, config_tokens[k, i, None]).squeeze(-1)
+    stats["conditionals"] += int(rows.pos.numel())
     return sample_conditionals, out
 
 
@@ -299,19 +278,19 @@ def configs_log_prob(
     stats: Counter = Counter()
 
     codes_per_block = []
-    for block in model.blocks:
-        states, codes, sample_codes = config_block(block, states, owner, first, run, stats)
+    for block in [*model.blocks, model.final_block]:
+        if block.attn.values_only:
+            states, codes, sample_codes = position_block(block, states, owner, run, stats)
+        else:
+            states, codes, sample_codes = config_block(block, states, owner, first, run, stats)
         if codes is not None and record_codes:
             all_codes = sample_codes[:, None].expand(-1, n_conn, -1, -1).clone()  # (B, M, T, Hq)
             all_codes[b, m] = codes
             codes_per_block.append(all_codes)
-    sample_conditionals, changed_rows = final_log_probs(
-        model, states, owner, first, tokens, config_tokens[b, m], run, stats
-    )
+    sample_conditionals, config_rows = output_log_probs(model, states, owner, tokens, config_tokens[b, m], run, stats)
     per_position = sample_conditionals[:, None].expand(-1, n_conn, -1, -1).gather(-1, config_tokens[..., None])
     per_position = per_position.squeeze(-1)  # (B, M, T): the sample's conditionals at the configuration's tokens
-    after = torch.arange(n_tokens, device=first.device) >= first[:, None]
-    per_position[b, m] = torch.where(after, changed_rows, per_position[b, m])
+    per_position[b, m] = config_rows
     return per_position.sum(dim=-1), codes_per_block, stats
 
 

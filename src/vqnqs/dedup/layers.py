@@ -103,15 +103,16 @@ def embed_stage(model: nn.Module, inputs: Tensor, n_values: int) -> Compressed:
 
 
 def qkv_stage(block: Block, states: Compressed, run: Execution) -> Tensor:
-    """LayerNorm and Q/K/V projection of the unique rows -> head-major ``(3, H, U, e)`` (q, k, v)."""
+    """LayerNorm and Q/K/V projection of the unique rows -> head-major ``(3, H, U, e)`` (q, k, v; with position
+    attention the values three times, as ``attn.qkv`` gives them)."""
     table = states.table  # (U, d)
     n_unique, d = table.shape
     n_heads, chunk = block.attn.n_heads, run.row_chunk
     qkv = table.new_empty(3, n_heads, n_unique, d // n_heads)  # (3, H, U, e)
     with run.matmul_threads(n_unique):
         for start in range(0, n_unique, chunk):
-            rows = block.attn.qkv_proj(block.ln_attn(table[start : start + chunk]))  # (c, 3d): [q | k | v]
-            qkv[:, :, start : start + chunk] = rows.view(rows.shape[0], 3, n_heads, -1).permute(1, 2, 0, 3)
+            rows = torch.stack(block.attn.qkv(block.ln_attn(table[start : start + chunk])))  # (3, c, d): q, k, v
+            qkv[:, :, start : start + chunk] = rows.view(3, rows.shape[1], n_heads, -1).transpose(1, 2)
     return qkv
 
 
@@ -136,13 +137,14 @@ def attention_stage(
             n = ids.shape[0]
             keys = ids.reshape(-1)  # (n*T,)
             queries = ids[:, group.start :].reshape(-1)  # (n*Tq,)
+            # Heads at dim -3 as in the dense forward (position attention weighs each head its own way).
             out = block.attn.mixing(
-                q.index_select(1, queries).view(n_heads * n, t_q, e),  # (H*n, Tq, e)
-                k.index_select(1, keys).view(n_heads * n, n_tokens, e),  # (H*n, T, e)
-                v.index_select(1, keys).view(n_heads * n, n_tokens, e),  # (H*n, T, e)
-            )  # (H*n, Tq, e)
+                q.index_select(1, queries).view(n_heads, n, t_q, e).transpose(0, 1),  # (n, H, Tq, e)
+                k.index_select(1, keys).view(n_heads, n, n_tokens, e).transpose(0, 1),  # (n, H, T, e)
+                v.index_select(1, keys).view(n_heads, n, n_tokens, e).transpose(0, 1),  # (n, H, T, e)
+            )  # (n, H, Tq, e)
             row = group.first_row + first * t_q
-            mixed = out.view(n_heads, n, t_q, e).permute(1, 2, 0, 3).reshape(n * t_q, n_heads * e)  # (n*Tq, d)
+            mixed = out.transpose(1, 2).reshape(n * t_q, n_heads * e)  # (n*Tq, d)
             yield slice(row, row + n * t_q), mixed
 
 

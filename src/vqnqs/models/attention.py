@@ -68,6 +68,42 @@ class BidirectionalMixing(nn.Module):
         return bidirectional_attention(q, k, v)
 
 
+class PositionMixing(nn.Module):
+    """Causal attention whose weights depend on positions only (``attention: position``), in a window.
+
+    Head ``h`` weighs key ``j`` for query ``i`` by ``alpha^h_ij = softmax_j(b^h_{i-j})`` over the ``window``
+    positions ``i - window < j <= i`` (a learned score ``b^h_delta`` per head and distance), and 0 outside::
+
+        a^h_i = sum_j alpha^h_ij v^h_j        (queries and keys are not used: the weights are input-independent)
+
+    So a change of the values at position ``k`` moves the output of row ``i`` by exactly
+    ``alpha^h_ik (v'^h_k - v^h_k)``, and not at all outside ``k <= i < k + window``: the incremental engine's
+    position path (:mod:`vqnqs.dedup.incremental_position`) updates only those rows. The scores start as an
+    ALiBi-like decay ``b^h_delta = -m_h delta`` with slopes ``m_h = 2^(-8 (h+1) / H)``.
+    """
+
+    def __init__(self, n_heads: int, window: int) -> None:
+        super().__init__()
+        self.n_heads, self.window = n_heads, window
+        slopes = 2.0 ** (-8.0 * torch.arange(1, n_heads + 1) / n_heads)  # (H,)
+        self.scores = nn.Parameter(-slopes[:, None] * torch.arange(window))  # (H, window): b^h_delta
+
+    def weights(self, n_keys: int) -> Tensor:
+        """``(H, T, T)``: the weights ``alpha^h_ij`` of ``T = n_keys`` positions (rows sum to 1; 0 outside the
+        window)."""
+        t = torch.arange(n_keys, device=self.scores.device)
+        distance = t[:, None] - t[None, :]  # (T, T): i - j
+        inside = (distance >= 0) & (distance < self.window)
+        scores = self.scores[:, distance.clamp(0, self.window - 1)]  # (H, T, T)
+        return scores.masked_fill(~inside, float("-inf")).softmax(dim=-1)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """``v (..., H, Tk, e)`` head-major (heads at dim -3); ``q (..., H, Tq, e)`` gives only the number of
+        queries, the LAST ``Tq`` positions; ``k`` is unused -> ``(..., H, Tq, e)``."""
+        t_q, t_k = q.shape[-2], v.shape[-2]
+        return self.weights(t_k)[:, t_k - t_q :] @ v
+
+
 class EngineMixing(nn.Module):
     """The block's mixing as an engine reorganises it: ``engine_mixing(rule, *args) = rule(*args)``, stateless.
 
@@ -84,25 +120,37 @@ class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with explicit matmuls (so CPU FLOP counters see them).
 
     ``causal=False`` swaps the mixing for :class:`BidirectionalMixing` (the phase network's encoder; no KV cache
-    is ever used there).
+    is ever used there). ``window=W`` swaps it for :class:`PositionMixing` in a window of ``W`` positions; then
+    ``qkv_proj`` projects the values only (``(..., d)``) and :meth:`qkv` returns them as q, k and v.
 
     forward = out_proj(quantizer(attend(*qkv(x)))): the per-head mixed output passes through the
     ``quantizer`` slot (``nn.Identity`` here; the VQ-NQS variant puts its vector quantiser there)
     before ``W_O`` and the residual add of the enclosing block.
     """
 
-    def __init__(self, d_model: int, n_heads: int, causal: bool = True) -> None:
+    def __init__(self, d_model: int, n_heads: int, causal: bool = True, window: int | None = None) -> None:
         super().__init__()
         self.n_heads = n_heads
-        self.qkv_proj = nn.Linear(d_model, 3 * d_model)
-        # Stateless: no parameters, no state_dict entries. causal=False: the phase network's encoder.
-        self.mixing: nn.Module = CausalMixing() if causal else BidirectionalMixing()
+        self.values_only = window is not None  # position attention: no queries or keys to project
+        self.qkv_proj = nn.Linear(d_model, (1 if self.values_only else 3) * d_model)
+        # Content mixings are stateless (no parameters); causal=False: the phase network's encoder.
+        self.mixing: nn.Module = (
+            PositionMixing(n_heads, window)
+            if window is not None
+            else CausalMixing()
+            if causal
+            else BidirectionalMixing()
+        )
         self.engine_mixing = EngineMixing()  # stateless: the mixing in an engine's own form
         self.quantizer: nn.Module = nn.Identity()
         self.out_proj = nn.Linear(d_model, d_model)  # W_O
 
     def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-location projection ``(..., d) -> q, k, v`` each ``(..., d)`` (heads are split in attend)."""
+        """Per-location projection ``(..., d) -> q, k, v`` each ``(..., d)`` (heads are split in attend); with
+        position attention the values three times (the mixing reads only their number of rows from q)."""
+        if self.values_only:
+            v = self.qkv_proj(x)
+            return v, v, v
         q, k, v = self.qkv_proj(x).chunk(3, dim=-1)
         return q, k, v
 

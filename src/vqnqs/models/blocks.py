@@ -43,12 +43,20 @@ class FeedForward(nn.Module):
 
 class Block(nn.Module):
     """Pre-LN block: ``x + attn(ln(x))`` then, for a full block, ``x + ff(ln(x))``; ``causal=False``: an encoder
-    block (the phase network's)."""
+    block (the phase network's); ``window=W``: position attention in a window of ``W`` positions."""
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, feed_forward: bool = True, causal: bool = True) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        feed_forward: bool = True,
+        causal: bool = True,
+        window: int | None = None,
+    ) -> None:
         super().__init__()
         self.ln_attn = nn.LayerNorm(d_model)
-        self.attn = CausalSelfAttention(d_model, n_heads, causal)
+        self.attn = CausalSelfAttention(d_model, n_heads, causal, window)
         # The attention-only half-block has neither (None rather than Identity: no parameters, no FLOPs).
         self.ln_ff: nn.LayerNorm | None = nn.LayerNorm(d_model) if feed_forward else None
         self.ff: FeedForward | None = FeedForward(d_model, d_ff) if feed_forward else None

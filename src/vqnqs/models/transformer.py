@@ -60,6 +60,12 @@ class ModelShape(Config):
     # d_ff); 0: no phase network, phi = 0, a real psi, enough where the signs are known (TFIM; Heisenberg
     # with Marshall's sign rule).
     phase_blocks: int = knob(0, minimum=0)
+    # Attention weights: 'content' (softmax of q.k, the paper's) | 'position' (learned per head and distance, the
+    # same for every input, in a window: a flipped spin moves only the rows of the next `window` tokens, which
+    # keeps a VQ model's codes far from the flip, so its local energy costs a few forward passes at any N).
+    attention: str = knob("content", choices=("content", "position"))
+    # Tokens a row of position attention sees (itself and window - 1 before it); None: the whole sequence.
+    window: int | None = knob(None, minimum=1)
 
 
 @dataclass(frozen=True)
@@ -73,8 +79,8 @@ class TransformerConfig(ModelShape, LatticeShape):
     """A :class:`ModelShape` on a lattice, with its Sz sector: the model's whole config.
 
     Fields in order (the bases' in reverse order, then its own): ``lattice_shape``, the shape's ``patch,
-    d_model, n_heads, n_blocks, d_ff, phase_blocks``, then ``n_down``. ``patch`` and ``d_ff`` are resolved at
-    construction (never None after).
+    d_model, n_heads, n_blocks, d_ff, phase_blocks, attention, window``, then ``n_down``. ``patch`` and
+    ``d_ff`` are resolved at construction (never None after).
     """
 
     # Sz sector: the exact total number of down spins, enforced by masking the conditionals; None = no mask.
@@ -102,6 +108,16 @@ class TransformerConfig(ModelShape, LatticeShape):
             raise ValueError(f"n_heads {self.n_heads}: must divide d_model={self.d_model}")
         if self.n_down is not None and not 0 <= self.n_down <= self.n_sites:
             raise ValueError(f"n_down {self.n_down}: must lie in [0, {self.n_sites}] (number of sites)")
+        if self.window is not None and self.attention != "position":
+            raise ValueError(f"window {self.window}: only position attention has a window (set attention=position)")
+
+    @property
+    def attention_window(self) -> int | None:
+        """The window of the causal blocks' position attention in tokens (at most the sequence), None for content."""
+        if self.attention != "position":
+            return None
+        n_tokens = self.n_sites // self.patch ** len(self.lattice_shape)
+        return n_tokens if self.window is None else min(self.window, n_tokens)
 
     @property
     def n_sites(self) -> int:
@@ -162,8 +178,11 @@ class AutoregressiveTransformer(nn.Module):
         self.tok_emb = nn.Embedding(vocab + 1, d)
         self.pos_emb = nn.Embedding(n_tokens, d)
         self.embed_sum = Add()
-        self.blocks = nn.ModuleList(Block(config.d_model, config.n_heads, config.d_ff) for _ in range(config.n_blocks))
-        self.final_block = Block(config.d_model, config.n_heads, config.d_ff, feed_forward=False)
+        window = config.attention_window
+        self.blocks = nn.ModuleList(
+            Block(config.d_model, config.n_heads, config.d_ff, window=window) for _ in range(config.n_blocks)
+        )
+        self.final_block = Block(config.d_model, config.n_heads, config.d_ff, feed_forward=False, window=window)
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, vocab)
         spins_after = self.patching.spins_per_token * torch.arange(n_tokens - 1, -1, -1)
@@ -251,8 +270,11 @@ class AutoregressiveTransformer(nn.Module):
             new_cache.append(block_cache)
         return self.head(self.ln_f(x)), new_cache
 
-    def masked_log_softmax(self, logits: Tensor, n_down_before: Tensor, start: int = 0) -> Tensor:
-        """Normalised conditionals ``(B, T', vocab)`` from logits of patches ``start .. start+T'-1``.
+    def masked_log_softmax(
+        self, logits: Tensor, n_down_before: Tensor, start: int = 0, positions: Tensor | None = None
+    ) -> Tensor:
+        """Normalised conditionals ``(B, T', vocab)`` from logits of patches ``start .. start+T'-1``; or, with
+        ``positions (R,)``, ``(R, vocab)`` from logits ``(R, vocab)`` of rows at those patches.
 
         With ``n_down`` set, value v of patch i (c down spins before it, R spins after it) is allowed iff
         ``c + pop(v) <= n_down <= c + pop(v) + R``; the others get logit -inf before the log_softmax, so
@@ -261,7 +283,7 @@ class AutoregressiveTransformer(nn.Module):
         n_down = self.config.n_down
         if n_down is None:
             return logits.log_softmax(dim=-1)
-        after = self.spins_after[start : start + logits.shape[1]]  # (T',)
+        after = self.spins_after[start : start + logits.shape[1]] if positions is None else self.spins_after[positions]
         down = n_down_before[..., None] + self.patching.popcount  # (B, T', vocab) down spins through patch i
         allowed = (down <= n_down) & (down + after[:, None] >= n_down)
         # A prefix already outside the sector leaves no allowed value. Such a row is unreachable: give it

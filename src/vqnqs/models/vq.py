@@ -2,7 +2,8 @@
 
 The quantiser sits in the ``attn.quantizer`` slot of every FULL block of the baseline transformer
 (after the causal mixing, before ``W_O`` and the residual add); the final attention-only half-block
-keeps its ``nn.Identity``. For an input row ``x (d,)`` split into ``H`` heads ``x_h (d/H,)``::
+keeps its ``nn.Identity`` unless ``quantize_final`` is set. For an input row ``x (d,)`` split into ``H``
+heads ``x_h (d/H,)``::
 
     D_hj   = -||x_h - W_hj||                       codebook W: (H, Q, d/H)
     code_h = argmax_j D_hj                          (the nearest codeword; ties -> lowest index)
@@ -67,6 +68,10 @@ class CodebookConfig(Config):
     vq_init: str = knob("kmeans++", choices=INIT_METHODS)
     # Re-seed a code unused for this many upkeep steps with a row of the current batch; 0 disables.
     dead_after: int = knob(100, minimum=0)
+    # Quantise the final attention-only half-block too: then a row whose code and input state are its sample's
+    # keeps its conditional, so the output of a connected configuration is computed only where codes change
+    # (with position attention, the rows near the flip).
+    quantize_final: bool = knob(False)
 
 
 @dataclass(frozen=True)
@@ -343,8 +348,8 @@ class VQTransformer(AutoregressiveTransformer):
     """The baseline transformer with a :class:`VectorQuantizer` after the attention of every full block (of the
     phase network's encoder too, when there is one).
 
-    ``model.final_block`` (attention only) keeps its identity slot. Sampling and ``log_prob`` are
-    inherited unchanged: the quantiser acts per location, so the KV-cached sampler still applies.
+    ``model.final_block`` (attention only) keeps its identity slot unless ``vq.quantize_final``. Sampling and
+    ``log_prob`` are inherited unchanged: the quantiser acts per location, so the KV-cached sampler still applies.
     Codebook upkeep: :func:`codebook_upkeep`.
     """
 
@@ -356,8 +361,10 @@ class VQTransformer(AutoregressiveTransformer):
 
     @property
     def quantized_blocks(self) -> list[nn.Module]:
-        """The full blocks of both networks: the autoregressive ``blocks`` and the phase network's encoder blocks."""
-        return [*self.blocks, *([] if self.phase is None else self.phase.blocks)]
+        """The full blocks of both networks (the autoregressive ``blocks`` and the phase network's encoder blocks),
+        and the final half-block with ``quantize_final``."""
+        final = [self.final_block] if self.vq_config.quantize_final else []
+        return [*self.blocks, *final, *([] if self.phase is None else self.phase.blocks)]
 
     @property
     def quantizers(self) -> list[VectorQuantizer]:

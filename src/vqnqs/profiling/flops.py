@@ -61,6 +61,7 @@ ELEMENTWISE_COSTS: dict[Any, int] = {
     aten.sub: 1,
     aten.rsub: 1,
     aten.mul: 1,
+    aten.index_add: 1,
     aten.div: 1,
     aten.neg: 1,
     aten.sqrt: 1,
