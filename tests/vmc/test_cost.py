@@ -19,8 +19,9 @@ from vqnqs.vmc.cost import Rate, estimate_line, forward_flops, measure_rate, vmc
         ((4, 4), 2, 16, 2, 1, 2),  # with a phase network
     ],
 )
-def test_forward_flops_equal_the_counted_matmuls(shape, patch, d_model, n_heads, n_blocks, phase_blocks):
-    config = TransformerConfig(shape, patch, d_model, n_heads, n_blocks, phase_blocks=phase_blocks)
+@pytest.mark.parametrize("attention", ["content", "position"])
+def test_forward_flops_equal_the_counted_matmuls(shape, patch, d_model, n_heads, n_blocks, phase_blocks, attention):
+    config = TransformerConfig(shape, patch, d_model, n_heads, n_blocks, phase_blocks=phase_blocks, attention=attention)
     model = AutoregressiveTransformer(config).double()
     s = model.sample(5, generator=torch.Generator().manual_seed(0))
     counted = sum(count_flops(model, lambda: model.log_psi(s), elementwise=False).values())

@@ -7,7 +7,9 @@ configuration's dense forward costs (multiply-adds counted as 2 FLOPs)::
 
     F = T (L (8 d^2 + 4 d f) + 8 d^2 + 2 d V)  +  (L + 1) 4 d T^2      projections + attention
 
-(the attention computes the whole masked ``T x T`` score and mixing products; elementwise ops left out),
+(the attention computes the whole masked ``T x T`` score and mixing products; elementwise ops left out).
+Position attention projects the values only and has no scores: ``8 d^2`` becomes ``4 d^2`` in both terms and
+the attention ``2 d T^2`` a block. These are
 the matmul count of :func:`vqnqs.profiling.flops.count_flops` exactly (a test pins it). A phase network of
 ``L_phi`` encoder blocks adds ``T (L_phi (8 d^2 + 4 d f) + 2 d) + L_phi 4 d T^2`` to every forward but the
 sampler's (sampling draws from ``P`` alone).
@@ -47,8 +49,10 @@ def forward_flops(model: AutoregressiveTransformer, phase: bool = True) -> float
     config = model.config
     t, d, f, layers = model.patching.n_tokens, config.d_model, config.d_ff, config.n_blocks
     vocab = model.patching.vocab_size
-    projections = t * (layers * (8 * d * d + 4 * d * f) + 8 * d * d + 2 * d * vocab)
-    attention = (layers + 1) * 4 * d * t * t
+    position = config.attention == "position"
+    mix = 4 if position else 8  # qkv_proj (values only, or q, k, v) and W_O
+    projections = t * (layers * (mix * d * d + 4 * d * f) + mix * d * d + 2 * d * vocab)
+    attention = (layers + 1) * (2 if position else 4) * d * t * t
     encoder = config.phase_blocks if phase else 0
     phase_flops = t * (encoder * (8 * d * d + 4 * d * f) + 2 * d) + encoder * 4 * d * t * t if encoder else 0
     return float(projections + attention + phase_flops)
