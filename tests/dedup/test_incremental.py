@@ -205,3 +205,30 @@ def test_certified_codes_are_the_dense_codes() -> None:
     assert stats["rows_certified"] > stats["rows_encoded"] > 0
     n_configs = 8 * 28  # the configurations whose input differs: every flip but the 4 in the last patch
     assert stats["slot_rows"] < 3 * config.n_blocks * n_configs
+
+
+@pytest.mark.parametrize("std", [0.2, 2.0])
+@pytest.mark.parametrize("system", ["tfim", "heisenberg"])
+def test_position_path_touches_only_the_window_and_keeps_dense_codes(std: float, system: str) -> None:
+    """Position attention in a window of 2 tokens, every block quantised (the final one too): a configuration's
+    touched rows per block are at most 2 |C|, so over 64 tokens the work stays near the flip; certified and
+    encoded codes alike are the dense forward's, with moderate weights and saturating ones."""
+    shape = (64,) if system == "tfim" else (8, 8)
+    config = TransformerConfig(
+        shape,
+        2 if system == "heisenberg" else 1,
+        d_model=16,
+        n_heads=2,
+        n_blocks=2,
+        attention="position",
+        window=2,
+        n_down=None if system == "tfim" else 32,
+    )
+    model = random_model(config, VQConfig(heads=2, codes=16, quantize_final=True), seed=5, std=std, fit=True)
+    result = check_against_dense(model, system, samples(model, system, 4, 1, "model"))
+    stats = result.stats
+    assert stats["rows_certified"] + stats["rows_encoded"] == stats["rows_touched"]
+    assert stats["rows_certified"] > 0 and stats["rows_encoded"] > 0
+    n_tokens = model.patching.n_tokens
+    n_configs = 4 * hamiltonian(system, shape).max_connections
+    assert stats["rows_touched"] < 0.5 * (config.n_blocks + 1) * n_configs * n_tokens  # far rows never touched
