@@ -218,7 +218,14 @@ def test_outputs_and_model_round_trip(tmp_path, chain, teacher_dir):
     assert [r["energy_per_site"] != "" for r in rows] == [s in (10, 12) for s in range(1, 13)]
 
     raw = torch.load(out / "model.pt", weights_only=True)
-    assert raw["vq_config"] == {"heads": 1, "codes": 16, "vq_init": "kmeans++", "dead_after": 100, **_vq_rest()}
+    assert raw["vq_config"] == {
+        "heads": 1,
+        "codes": 16,
+        "vq_init": "kmeans++",
+        "dead_after": 100,
+        "quantize_final": False,
+        **_vq_rest(),
+    }
     loaded, info = load_model(out / "model.pt")
     assert isinstance(loaded, VQTransformer) and loaded.vq_config == d.vq_config
     assert info["bits"] == 4
