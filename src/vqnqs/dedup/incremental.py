@@ -14,8 +14,10 @@ whose hidden state differs from its sample's, as slot rows (:mod:`vqnqs.dedup.sl
               certified radius (VectorQuantizer.certify), else its code is computed (encode); a row whose
               code differs joins C. Identity slot: every row from the first change on joins C.
             new slots: x + W_O(decode(code)) (W_O once per distinct code tuple), feed-forward
-    final   attention only, no quantiser: every row from the first change on, W_O, ln_f, head, Sz mask
-    output  rows before the first change: the sample's conditionals, at the configuration's tokens
+    final   the half-block as a block (no feed-forward); without a quantiser every row from the first change on
+            joins C. Position attention runs every block through its own path (dedup.incremental_position).
+    output  ln_f and head on the rows of C only; the other rows: the sample's conditionals at the configuration's
+            tokens (with an Sz sector the mask runs again where the count of down spins before a row differs)
 
 Rows before the first changed position are the sample's by causality. Every code is the one ``encode`` gives
 for the row's attention output (reused only inside its certified radius), so the engine computes the dense
@@ -37,17 +39,13 @@ from torch import Tensor
 
 from vqnqs.dedup.incremental_attention import SampleAttention, SlotAttention, causal_attention_sums, updated_attention
 from vqnqs.dedup.incremental_position import position_block
-from vqnqs.dedup.incremental_states import States, next_states
+from vqnqs.dedup.incremental_states import ROUNDING_ALLOWANCE, States, next_states
 from vqnqs.dedup.keys import pair_ids
 from vqnqs.dedup.layers import quantizer_of
 from vqnqs.dedup.policy import DEFAULT_POLICY, Execution, ExecutionPolicy
 from vqnqs.dedup.slots import SlotRows, chunks_by_count, pad, sort_rows
 from vqnqs.models.blocks import Block
 from vqnqs.models.transformer import AutoregressiveTransformer
-
-# Rounding allowance of an updated attention output, in units of eps * (T + e) * max|v_h|: a code is reused
-# only if the output moved less than the certified radius minus this.
-ROUNDING_ALLOWANCE = 8.0
 
 
 @dataclass

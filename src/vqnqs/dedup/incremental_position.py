@@ -26,15 +26,12 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from vqnqs.dedup.incremental_states import States, next_states
+from vqnqs.dedup.incremental_states import ROUNDING_ALLOWANCE, States, next_states
 from vqnqs.dedup.layers import quantizer_of
 from vqnqs.dedup.policy import Execution
 from vqnqs.dedup.slots import SlotRows
 from vqnqs.models.attention import PositionMixing
 from vqnqs.models.blocks import Block
-
-# Rounding allowance of an updated output, in units of eps * (W + e) * max|v_h|, as in the content path.
-ROUNDING_ALLOWANCE = 8.0
 
 
 def window_update(mixing: PositionMixing, rows: SlotRows, dv: Tensor, n_tokens: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -78,21 +75,21 @@ def position_block(
     changed[slot] = True
     x_ids[slot] = rows.ids
     stats["rows_touched"] += pos.numel()
+    updated = mixed[sample, pos] + change  # (P, d) the touched rows' attention outputs
     if quantizer is None:
-        new = next_states(block, None, states, config, pos, x_ids, mixed[sample, pos] + change, mixed, run, stats)
-        return new, None, None
+        return next_states(block, None, states, config, pos, x_ids, updated, mixed, run, stats), None, None
     sample_codes, radius = quantizer(mixed, certify=True)  # (B, T, Hq) each
     e = mixed.shape[-1] // quantizer.heads
     v_max = float(rearrange(values, "u (h e) -> u h e", h=n_heads).norm(dim=-1).amax())
     allowance = ROUNDING_ALLOWANCE * torch.finfo(mixed.dtype).eps * (mixing.window + e) * v_max
     moved = rearrange(change, "p (h e) -> p h e", h=quantizer.heads).norm(dim=-1)  # (P, Hq)
-    certified = (moved + allowance < radius[sample, pos]).all(dim=-1)  # (P,)
-    codes = sample_codes[sample, pos].clone()  # (P, Hq)
-    if (~certified).any():
-        codes[~certified] = quantizer(mixed[sample, pos][~certified] + change[~certified], codes_only=True)
-    stats["rows_certified"] += int(certified.sum())
-    stats["rows_encoded"] += int((~certified).sum())
-    differs = changed | (codes != sample_codes[sample, pos]).any(dim=-1)  # (P,)
+    encoded = ~(moved + allowance < radius[sample, pos]).all(dim=-1)  # (P,) not certified
+    kept = sample_codes[sample, pos]  # (P, Hq)
+    codes = kept.clone()
+    codes[encoded] = quantizer(updated[encoded], codes_only=True)
+    stats["rows_encoded"] += int(encoded.sum())
+    stats["rows_certified"] += pos.numel() - int(encoded.sum())
+    differs = changed | (codes != kept).any(dim=-1)  # (P,)
     new = next_states(
         block,
         quantizer,

@@ -20,6 +20,11 @@ from vqnqs.dedup.policy import Execution
 from vqnqs.dedup.slots import SlotRows, sort_rows
 from vqnqs.models.blocks import Block
 
+# Rounding allowance of an updated attention output, in units of eps * (keys + e) * max|v_h| (keys: T for content
+# attention, the window for position attention): a code is reused only if the output moved less than the
+# certified radius minus this.
+ROUNDING_ALLOWANCE = 8.0
+
 
 @dataclass
 class States:

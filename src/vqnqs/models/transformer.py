@@ -112,14 +112,6 @@ class TransformerConfig(ModelShape, LatticeShape):
             raise ValueError(f"window {self.window}: only position attention has a window (set attention=position)")
 
     @property
-    def attention_window(self) -> int | None:
-        """The window of the causal blocks' position attention in tokens (at most the sequence), None for content."""
-        if self.attention != "position":
-            return None
-        n_tokens = self.n_sites // self.patch ** len(self.lattice_shape)
-        return n_tokens if self.window is None else min(self.window, n_tokens)
-
-    @property
     def n_sites(self) -> int:
         return math.prod(self.lattice_shape)
 
@@ -178,7 +170,8 @@ class AutoregressiveTransformer(nn.Module):
         self.tok_emb = nn.Embedding(vocab + 1, d)
         self.pos_emb = nn.Embedding(n_tokens, d)
         self.embed_sum = Add()
-        window = config.attention_window
+        # Position attention's window in tokens, at most the sequence; None: content attention.
+        window = None if config.attention != "position" else min(config.window or n_tokens, n_tokens)
         self.blocks = nn.ModuleList(
             Block(config.d_model, config.n_heads, config.d_ff, window=window) for _ in range(config.n_blocks)
         )
