@@ -80,7 +80,7 @@ def test_phase_through_every_engine_matches_the_dense_forward(case) -> None:
             finite = torch.isfinite(dense.real)
             assert torch.equal(torch.isfinite(engine.real), finite)
             assert (engine[finite] - dense[finite]).abs().max() <= 1e-10
-        if vq is None and s.shape[0] > 1:
+        if vq is None and torch.unique(s, dim=0).shape[0] > 1:  # (a batch may repeat one configuration)
             assert dense.imag.std() > 1e-3  # phases differ between configurations: a real check
         if vq is not None:
             assert phase_code_tuples(model, lambda: model.phase(s)) == phase_code_tuples(

@@ -11,7 +11,8 @@ whose hidden state differs from its sample's, as slot rows (:mod:`vqnqs.dedup.sl
             attention (updated_attention): rows outside C from the sample's sums and the changed keys,
               O(|C| e) a row; slots in full; rows whose update would cancel become slots and the call is repeated
             quantiser: a row keeps the sample's code when its attention output moved less than the sample's
-              certified radius (VectorQuantizer.certify), else its code is computed (encode); a row whose
+              certified radius (VectorQuantizer.certify), else its code is computed against its rivals only (the
+              codes whose Voronoi face lies within the move, vqnqs.models.voronoi); a row whose
               code differs joins C. Identity slot: every row from the first change on joins C.
             new slots: x + W_O(decode(code)) (W_O once per distinct code tuple), feed-forward
     final   the half-block as a block (no feed-forward); without a quantiser every row from the first change on
@@ -56,6 +57,7 @@ class BlockCache:
     mixed: Tensor  # (B, T, d) attention output, heads concatenated
     codes: Tensor | None  # (B, T, Hq) the quantiser's codes, None for an identity slot
     radius: Tensor | None  # (B, T, Hq) their certified radii
+    face: Tensor | None  # (B, T, Hq, Q) the distance to each rival's Voronoi face (the radius is the least)
 
 
 @dataclass
@@ -82,8 +84,10 @@ def sample_attention(block: Block, states: States, qkv: Tensor) -> BlockCache:
     sums = block.attn.engine_mixing(causal_attention_sums, q, k, v)
     mixed = rearrange(sums.output, "b h t e -> b t (h e)")
     quantizer = quantizer_of(block)
-    codes, radius = quantizer(mixed, certify=True) if quantizer is not None else (None, None)  # (B, T, Hq) each
-    return BlockCache(SampleAttention(q, k, v, sums), mixed, codes, radius)
+    if quantizer is None:
+        return BlockCache(SampleAttention(q, k, v, sums), mixed, None, None, None)
+    codes, face = quantizer(mixed, faces=True)  # (B, T, Hq), (B, T, Hq, Q)
+    return BlockCache(SampleAttention(q, k, v, sums), mixed, codes, face.amin(dim=-1), face)
 
 
 def attention_chunks(
@@ -158,18 +162,19 @@ def _slot_attention(
 
 def chunk_codes(block: Block, cache: BlockCache, chunk: Chunk, owner: Tensor, after: Tensor, stats: Counter) -> Tensor:
     """Codes ``(K_c, T, Hq)`` of a chunk's attention outputs: the sample's where certified (or before the first
-    change), ``encode`` of the row where not."""
+    change), else the code the row's rivals give it (:func:`vqnqs.models.voronoi.rival_codes`)."""
     quantizer = quantizer_of(block)
-    assert quantizer is not None and cache.codes is not None and cache.radius is not None
+    assert quantizer is not None and cache.codes is not None and cache.radius is not None and cache.face is not None
     n_tokens, e = cache.mixed.shape[1], cache.attention.q.shape[-1]
     allowance = ROUNDING_ALLOWANCE * torch.finfo(chunk.mixed.dtype).eps * (n_tokens + e) * chunk.v_max
     sample = owner[chunk.members]
     moved = rearrange(chunk.mixed - cache.mixed[sample], "k t (h e) -> k t h e", h=quantizer.heads).norm(dim=-1)
-    certified = (moved + allowance < cache.radius[sample]).all(dim=-1) | ~after  # (K_c, T)
+    moved = moved + allowance  # (K_c, T, Hq)
+    certified = (moved < cache.radius[sample]).all(dim=-1) | ~after  # (K_c, T)
     codes = cache.codes[sample].clone()  # (K_c, T, Hq)
     k, i = (~certified).nonzero(as_tuple=True)
     if k.numel():
-        codes[k, i] = quantizer(chunk.mixed[k, i], codes_only=True)
+        codes[k, i] = quantizer(chunk.mixed[k, i], rivals=(codes[k, i], cache.face[sample[k], i], moved[k, i]))
     stats["rows_certified"] += int((certified & after).sum())
     stats["rows_encoded"] += k.numel()
     return codes

@@ -12,8 +12,10 @@ arithmetic on the same values there. Only the touched rows, at most ``W |C|`` pe
 length of the sequence, are computed (:func:`window_update`: ``O(W |C| d)`` a configuration).
 
 With a quantiser a touched row keeps its sample's code when its output moved less than the sample's certified
-radius (:meth:`~vqnqs.models.vq.VectorQuantizer.certify`) minus a rounding allowance, else its code is computed
-(``encode``); a row whose code or input state differs from its sample's is a changed row of the next block.
+radius (:meth:`~vqnqs.models.vq.VectorQuantizer.certify`) minus a rounding allowance; else its code is computed
+against its rivals only, the codes whose Voronoi face lies within the move (:func:`vqnqs.models.voronoi.
+rival_codes`: ``O(e)`` a rival instead of ``O(e Q)`` a row). A row whose code or input state differs from its
+sample's is a changed row of the next block.
 Without one every touched row is changed. The new states are keyed and computed as in the content path
 (:func:`vqnqs.dedup.incremental_states.next_states`).
 """
@@ -78,15 +80,16 @@ def position_block(
     updated = mixed[sample, pos] + change  # (P, d) the touched rows' attention outputs
     if quantizer is None:
         return next_states(block, None, states, config, pos, x_ids, updated, mixed, run, stats), None, None
-    sample_codes, radius = quantizer(mixed, certify=True)  # (B, T, Hq) each
+    sample_codes, face = quantizer(mixed, faces=True)  # (B, T, Hq), (B, T, Hq, Q)
     e = mixed.shape[-1] // quantizer.heads
     v_max = float(rearrange(values, "u (h e) -> u h e", h=n_heads).norm(dim=-1).amax())
     allowance = ROUNDING_ALLOWANCE * torch.finfo(mixed.dtype).eps * (mixing.window + e) * v_max
-    moved = rearrange(change, "p (h e) -> p h e", h=quantizer.heads).norm(dim=-1)  # (P, Hq)
-    encoded = ~(moved + allowance < radius[sample, pos]).all(dim=-1)  # (P,) not certified
+    moved = rearrange(change, "p (h e) -> p h e", h=quantizer.heads).norm(dim=-1) + allowance  # (P, Hq)
+    row_faces = face[sample, pos]  # (P, Hq, Q)
+    encoded = ~(moved < row_faces.amin(dim=-1)).all(dim=-1)  # (P,) not certified
     kept = sample_codes[sample, pos]  # (P, Hq)
     codes = kept.clone()
-    codes[encoded] = quantizer(updated[encoded], codes_only=True)
+    codes[encoded] = quantizer(updated[encoded], rivals=(kept[encoded], row_faces[encoded], moved[encoded]))
     stats["rows_encoded"] += int(encoded.sum())
     stats["rows_certified"] += pos.numel() - int(encoded.sum())
     differs = changed | (codes != kept).any(dim=-1)  # (P,)

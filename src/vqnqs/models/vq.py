@@ -49,6 +49,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from vqnqs.knobs import Config, knob
+from vqnqs.models import voronoi
 from vqnqs.models.transformer import AutoregressiveTransformer, TransformerConfig
 
 INIT_METHODS = ("kmeans++", "rows", "none")
@@ -215,31 +216,13 @@ class VectorQuantizer(nn.Module):
         """``x (..., d)`` -> ``codes (..., H)`` (as :meth:`encode`) and a radius ``(..., H)``: every ``x'`` with
         ``||x'_h - x_h|| < radius_h`` has the same code in head ``h``, as :meth:`encode` computes it.
 
-        The radius is the distance from ``x_h`` to the nearest face of its Voronoi cell,
-        ``min_j (g_j - 4 sigma) / (2 ||W_j - W_c||)`` over the codes ``j != c``, where ``g_j`` is the gap of the
-        encode scores ``||W_j||^2 - 2 x.W_j`` to the best one (moving ``x`` by ``delta`` moves the gap by
-        ``-2 delta.(W_j - W_c)`` at most ``2 |delta| ||W_j - W_c||``), and ``sigma`` bounds the rounding of a
-        score at ``x`` or ``x'`` (``e`` products of magnitude at most ``scale^2``). A tie gives radius 0; a
-        duplicate codeword never competes (:meth:`_scores`). The incremental engine reuses a code only within
-        this radius.
+        The radius is the distance from ``x_h`` to the nearest face of its Voronoi cell less the rounding of
+        the scores (:func:`vqnqs.models.voronoi.faces`). A tie gives radius 0; a duplicate codeword never
+        competes (:meth:`_scores`). The incremental engine reuses a code only within this radius.
         """
         with torch.no_grad():
-            rows = rearrange(x.reshape(-1, self.d_model), "n (h e) -> h n e", h=self.heads)  # (H, n, e)
-            w = self.codebook  # (H, Q, e)
-            scores = self._scores(x)  # (H, n, Q), duplicates +inf (never within reach)
-            codes = scores.argmin(dim=-1, keepdim=True)  # (H, n, 1)
-            gap = scores - scores.gather(-1, codes)  # (H, n, Q) >= 0
-            spread = torch.cdist(w, w, compute_mode="donot_use_mm_for_euclid_dist").gather(
-                1, codes.expand(-1, -1, self.codes)
-            )  # (H, n, Q) ||W_j - W_c||
-            w_max = w.norm(dim=-1).amax(dim=-1, keepdim=True)  # (H, 1)
-            scale = 2.0 * rows.norm(dim=-1) + 2.0 * w_max  # (H, n) bounds |x|, |x'| and |W| within the radius
-            sigma = 4.0 * torch.finfo(rows.dtype).eps * self.head_dim * scale**2  # (H, n)
-            radius = (gap - 4.0 * sigma[..., None]) / (2.0 * spread)  # (H, n, Q); j = c gives -inf or nan
-            radius = radius.scatter(-1, codes, float("inf")).nan_to_num(nan=0.0).amin(dim=-1).clamp_min(0.0)
-            lead = x.shape[:-1]
-            codes = rearrange(codes.squeeze(-1), "h n -> n h").reshape(*lead, self.heads)
-            return codes, rearrange(radius, "h n -> n h").reshape(*lead, self.heads)
+            codes, face = voronoi.faces(self, x)
+            return codes, face.amin(dim=-1)
 
     def decode(self, codes: Tensor) -> Tensor:
         """``codes (..., H)`` -> ``(..., d)``: the codebook rows, heads concatenated."""
@@ -247,16 +230,29 @@ class VectorQuantizer(nn.Module):
         values = self.codebook[head_index, codes]  # (..., H, e)
         return values.reshape(*codes.shape[:-1], self.d_model)
 
-    def forward(self, x: Tensor, codes_only: bool = False, certify: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        x: Tensor,
+        codes_only: bool = False,
+        certify: bool = False,
+        faces: bool = False,
+        rivals: tuple[Tensor, Tensor, Tensor] | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """``x (..., d)`` -> quantised ``(..., d)``; exactly ``decode(encode(x))`` in value. Pure (no state change).
 
         In training mode with gradients enabled the value carries the straight-through gradients of eq. 8;
         otherwise it is ``decode(encode(x))`` itself. ``codes_only=True`` returns ``encode(x)`` instead: the
         dedup engine calls it so, through ``__call__``, so that module hooks (FLOP counters) attribute the
-        distances to this module. ``certify=True`` returns :meth:`certify` ``(codes, radius)`` (the same).
+        distances to this module. ``certify=True`` returns :meth:`certify` ``(codes, radius)`` (the same);
+        ``faces=True`` the codes and every rival's face distance (:func:`vqnqs.models.voronoi.faces`);
+        ``rivals=(codes, face, moved)`` the codes of the moved rows ``x (n, d)`` scored against their rivals
+        only (:func:`vqnqs.models.voronoi.rival_codes`).
         """
         if certify:
             return self.certify(x)
+        if faces or rivals is not None:
+            with torch.no_grad():
+                return voronoi.faces(self, x) if faces else voronoi.rival_codes(self, x, *rivals)
         codes = self.encode(x)  # (..., H)
         if codes_only:
             return codes
