@@ -21,8 +21,10 @@ or 2x2 patches, ``--bits`` 6) is built UNTRAINED with codebooks fitted to its ow
     python benchmarks/incremental_scaling.py --system heisenberg --sizes 6x6,12x12 --time
     python benchmarks/incremental_scaling.py --model-dir data/train_vq/tfim_32/bits24 --time
 
-Writes ``benchmarks/results/incremental_<system>_d<d>_<bits>bits[_<tag>].json`` (records, power-law fits of
-FLOPs and seconds per sample, environment), ``.csv`` (size x component x path) and ``.png``.
+Writes ``benchmarks/results/incremental_<system>_<trained|untrained>_d<d>_<bits>bits[_position<W>][_<tag>].json``
+(records, power-law fits of FLOPs and seconds per sample, the measured model's shape, environment), ``.csv``
+(size x component x path) and ``.png``; the name and ``model_shape`` are the measured model's (a loaded
+model's own, not the flags').
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ import argparse
 import copy
 import csv
 import resource
-import statistics
 import sys
 import time
 from collections import Counter
@@ -44,10 +45,11 @@ from vqnqs.dedup.incremental import incremental_log_prob
 from vqnqs.io import atomic_open, write_json
 from vqnqs.physics.hamiltonian import build_hamiltonian
 from vqnqs.profiling.batches import distinct_samples, draw_samples
-from vqnqs.profiling.flops import COMPONENT_OF_GROUP, COMPONENTS, local_energy_flops
+from vqnqs.profiling.engine_cost import flops_by_component, seconds_per_sample
+from vqnqs.profiling.flops import COMPONENTS
 from vqnqs.profiling.quantized import model_bits
 from vqnqs.profiling.scaling import fit_power_law
-from vqnqs.profiling.timing import environment, load_average, time_call
+from vqnqs.profiling.timing import environment, load_average
 from vqnqs.profiling.untrained import untrained_vq_model
 from vqnqs.vmc.checkpoint import load_model
 from vqnqs.vmc.local_energy import local_energy
@@ -107,11 +109,11 @@ def build(args: argparse.Namespace, size: str):
     return hamiltonian, model, size
 
 
-def by_component(cells: dict) -> dict[str, float]:
-    out = dict.fromkeys(COMPONENTS, 0.0)
-    for (_, group), flops in cells.items():
-        out[COMPONENT_OF_GROUP[group]] += flops
-    return out
+def model_shape(model) -> dict:
+    """The measured model's shape, as its config holds it (a loaded model's, not the flags')."""
+    c = model.config
+    keys = ("d_model", "n_heads", "n_blocks", "d_ff", "attention", "window")
+    return {**{k: getattr(c, k) for k in keys}, "bits": model_bits(model)}
 
 
 def measure(args: argparse.Namespace, size: str) -> dict:
@@ -121,6 +123,7 @@ def measure(args: argparse.Namespace, size: str) -> dict:
     s = distinct_samples(draw_samples(model, args.batch, args.seed + 100))
     on = {path: s[: args.dense_samples] if path == "dense" else s for path in paths}
     record: dict = {"size": size, "n_sites": n_sites, "n_tokens": model.patching.n_tokens, "bits": model_bits(model)}
+    record["model"] = model_shape(model)
     record["samples"] = {path: int(batch.shape[0]) for path, batch in on.items()}
     conn = hamiltonian.connected(s)
     stats = incremental_log_prob(model, s, conn.configs, conn.valid).stats
@@ -130,20 +133,9 @@ def measure(args: argparse.Namespace, size: str) -> dict:
     decided = stats["rows_certified"] + stats["rows_encoded"]
     record["certified_share"] = stats["rows_certified"] / decided if decided else None
     if not args.no_flops:
-        record["flops_per_sample"] = {}
-        for path in paths:
-            cells = local_energy_flops(hamiltonian, model, on[path], path)
-            components = {k: v / on[path].shape[0] for k, v in by_component(cells).items()}
-            record["flops_per_sample"][path] = {"total": sum(components.values()), **components}
+        record["flops_per_sample"] = {path: flops_by_component(hamiltonian, model, on[path], path) for path in paths}
     if args.time:
-        times: dict[str, list[float]] = {path: [] for path in paths}
-        calls = {path: (lambda p=path: local_energy(hamiltonian, model, on[p], engine=p)) for path in paths}
-        for path in paths:  # warm-up
-            calls[path]()
-        for repeat in range(args.repeats):
-            for path in paths if repeat % 2 == 0 else paths[::-1]:
-                times[path].append(time_call(calls[path], model.device) / on[path].shape[0])
-        record["seconds_per_sample"] = {path: statistics.median(values) for path, values in times.items()}
+        record["seconds_per_sample"] = seconds_per_sample(hamiltonian, model, on, args.repeats)
     # Peak resident memory of the process so far (every path run above), before the check's dense float64 pass.
     record["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     if args.check_samples > 0:
@@ -263,9 +255,12 @@ def main(argv: list[str] | None = None) -> dict:
             flush=True,
         )
     fitted = fits(records)
-    bits = records[0]["bits"]
+    shape = records[0]["model"]
+    bits = shape["bits"]
     source = "trained" if args.model_dir is not None else "untrained"
-    name = f"incremental_{args.system}_{source}_d{args.d_model}_{bits:g}bits{'_' + args.tag if args.tag else ''}"
+    attention = "" if shape["attention"] == "content" else f"_position{shape['window'] or ''}"
+    name = f"incremental_{args.system}_{source}_d{shape['d_model']}_{bits:g}bits{attention}"
+    name += f"_{args.tag}" if args.tag else ""
     args.out_dir.mkdir(parents=True, exist_ok=True)
     rows = [
         {"size": r["size"], "n_sites": r["n_sites"], "component": component, "path": path, "flops_per_sample": value}
@@ -280,7 +275,13 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "incremental_scaling",
         "model": f"{source} VQ-NQS"
         + (f" from {args.model_dir}" if args.model_dir else ", paper shape, codebooks k-means++ on its own samples"),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        # A loaded model's shape replaces the flags that build an untrained one.
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+            if args.model_dir is None or k not in ("d_model", "n_heads", "n_blocks", "bits")
+        },
+        "model_shape": shape,
         "fits": fitted,
         "records": records,
         "environment": environment("cpu"),
