@@ -13,8 +13,8 @@ most ``scale^2``, ``scale = 2 |x_h| + 2 max_j |W_j|``: within ``f_j`` the moved 
 A row that moved further than its radius need not be encoded against every code: only its **rivals**, the
 codes with ``f_j <= |delta|`` (and ``c`` itself), can win. :func:`rival_codes` scores the moved row against
 them alone and takes the best, unless its lead over the second is within the rounding of the moved row's
-scores, where it encodes the row in full. Either way the code is the one :meth:`VectorQuantizer.encode`
-gives the moved row.
+scores, or it has many rivals (``FEW_RIVALS``), where it encodes the row in full. Either way the code is the
+one :meth:`VectorQuantizer.encode` gives the moved row.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 from torch import Tensor
+
+# A row is scored against its rivals alone while each head has at most Q / FEW_RIVALS of them, else encoded:
+# a gathered rival costs more time than its share of encode's batched product (benchmarks/README.md).
+FEW_RIVALS = 8
 
 
 def rounding_scale(rows: Tensor, codebook: Tensor) -> Tensor:
@@ -55,23 +59,35 @@ def rival_codes(quantizer, x: Tensor, codes: Tensor, face: Tensor, moved: Tensor
 
     ``codes (n, H)`` and ``face (n, H, Q)`` are the unmoved rows' (:func:`faces`), ``moved (n, H)`` bounds each
     head's move (rounding included). A head's rivals are the codes with ``face <= moved`` and its own code;
-    the others cannot win (see the module). Rows whose best rival leads the second by no more than the
-    rounding of their scores are encoded against the whole codebook.
+    the others cannot win (see the module). Rows with more than ``Q / FEW_RIVALS`` rivals in a head, and rows
+    whose best rival leads the second by no more than the rounding of their scores, are encoded against the
+    whole codebook.
     """
-    heads, n_codes = quantizer.heads, quantizer.codes
-    w = quantizer.codebook  # (H, Q, e)
-    rows = rearrange(x, "n (h e) -> n h e", h=heads)  # (n, H, e)
+    n_codes = quantizer.codes
     rival = (face <= moved[..., None]).scatter(-1, codes[..., None], True)  # (n, H, Q)
+    # Rows with many rivals are cheaper through the one batched product of encode than through gathers.
+    few = (rival.sum(dim=-1) <= max(2, n_codes // FEW_RIVALS)).all(dim=-1)  # (n,)
+    best = torch.empty_like(codes)
+    if (~few).any():
+        best[~few] = quantizer.encode(x[~few])
+    if few.any():
+        best[few] = scored_rivals(quantizer, x[few], rival[few])
+    return best
+
+
+def scored_rivals(quantizer, x: Tensor, rival: Tensor) -> Tensor:
+    """``argmin`` of the encode scores of ``x (n, d)`` over the codes marked in ``rival (n, H, Q)``; rows whose
+    best two rivals are within the rounding of their scores are encoded in full."""
+    w = quantizer.codebook  # (H, Q, e)
+    rows = rearrange(x, "n (h e) -> n h e", h=quantizer.heads)  # (n, H, e)
     row, head, code = rival.nonzero(as_tuple=True)  # (m,) each
     cross = (rows[row, head] * w[head, code]).sum(-1)  # (m,)
-    w_sq = (w * w).sum(-1)  # (H, Q)
     scores = torch.full(rival.shape, float("inf"), dtype=x.dtype, device=x.device)
-    scores[row, head, code] = w_sq[head, code] - 2.0 * cross  # (n, H, Q): +inf outside the rivals
-    two = scores.topk(min(2, n_codes), dim=-1, largest=False)  # (n, H, 2) ascending
-    best = two.indices[..., 0]  # (n, H)
-    lead = two.values[..., -1] - two.values[..., 0]  # (n, H); +inf with a single rival
+    scores[row, head, code] = (w * w).sum(-1)[head, code] - 2.0 * cross  # (n, H, Q): +inf outside the rivals
+    first, best = scores.min(dim=-1)  # (n, H)
+    second = scores.scatter(-1, best[..., None], float("inf")).amin(dim=-1)  # (n, H); +inf with one rival
     sigma = rearrange(rounding_scale(rearrange(rows, "n h e -> h n e"), w), "h n -> n h")  # (n, H)
-    unsure = (lead <= 4.0 * sigma).any(dim=-1) if n_codes > 1 else torch.zeros_like(best[:, 0], dtype=torch.bool)
+    unsure = (second - first <= 4.0 * sigma).any(dim=-1)  # (n,)
     if unsure.any():
         best[unsure] = quantizer.encode(x[unsure])
     return best
