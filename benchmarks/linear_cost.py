@@ -117,7 +117,8 @@ def vqnqs(work: Path, *arguments: str) -> None:
     """Run one ``vqnqs`` stage in a subprocess; its output goes to this one's, its MLflow runs to
     ``work/mlflow.db`` (not the pipeline's store) unless ``MLFLOW_TRACKING_URI`` is set."""
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{work.resolve() / 'mlflow.db'}", **os.environ}
-    subprocess.run([sys.executable, "-m", "vqnqs", *arguments], check=True, env=env)
+    if subprocess.run([sys.executable, "-m", "vqnqs", *arguments], env=env).returncode:
+        sys.exit(f"linear_cost.py: vqnqs {' '.join(arguments[:5])} ... failed (its message is above)")
 
 
 def train(args: argparse.Namespace, name: str, n: int, previous: Path | None) -> Path:

@@ -72,6 +72,11 @@ FIGURE_CAPTIONS: dict[str, str] = {
     "chain, local-energy FLOPs per sample against N through the dense, dedup and incremental engines (left), and "
     "the incremental engine's FLOPs by component (right). From the committed `benchmarks/results/incremental_*.json` "
     "(`benchmarks/incremental_scaling.py`, measured offline).",
+    "linear_cost": "The paper's Fig. 2 on VMC-trained models (open TFIM chain, Gamma = 1): forward passes per "
+    "sample (local-energy FLOPs over one dense forward) against N for the baseline, today's VQ-NQS and the "
+    "position family through the dense, dedup and incremental engines (left), and each model's seconds per VMC "
+    "step in its training (right). From the committed `benchmarks/results/linear_cost_d*/linear_cost.json` "
+    "(`benchmarks/linear_cost.py`, measured offline).",
 }
 
 

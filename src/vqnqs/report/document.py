@@ -4,7 +4,7 @@ Inputs: :mod:`vqnqs.report.inputs`, all checked first. Outputs in ``--out-dir`` 
 staging directory there and moved into place together once all are written (:data:`OUTPUTS`):
 
 - ``report.md``; ``table1.csv`` and ``table1.html`` (the same with its column captions);
-- ``tfim_scaling_fits.csv``, ``vq_training.csv``, ``incremental_scaling.csv``;
+- ``tfim_scaling_fits.csv``, ``vq_training.csv``, ``incremental_scaling.csv``, ``linear_cost.csv``;
 - ``summary.json``: the headline metrics per run, for ``dvc metrics`` and ``dvc exp show``;
 - ``figures/*.png`` and, beside every figure, the CSV it was drawn from (``figures/<name>.csv``);
 - ``captions/*.rst``: :mod:`vqnqs.report.captions`, for Snakemake's HTML report.
@@ -25,6 +25,7 @@ from vqnqs.profiling import fit_power_law
 from vqnqs.report.captions import FIGURE_CAPTIONS, TABLE1_COLUMNS, columns_table, write_snakemake_captions
 from vqnqs.report.incremental import incremental_section
 from vqnqs.report.inputs import COMPONENTS, HISTORY, METRICS, PROFILE, REFERENCE, ReportInputs, read_csv
+from vqnqs.report.linear_cost import linear_cost_section
 from vqnqs.report.render import log_ticks, markdown_table, plt, save_figure, write_html_table
 from vqnqs.report.vq_training import vq_training_section
 
@@ -295,6 +296,7 @@ OUTPUTS = (
     "tfim_scaling_fits.csv",
     "vq_training.csv",
     "incremental_scaling.csv",
+    "linear_cost.csv",
     "summary.json",
     "captions",
     "figures",
@@ -381,6 +383,7 @@ def build_report(params: dict, inputs: ReportInputs, out_dir: Path) -> None:
     for section_lines, section_pictures in (
         vq_training_section(inputs, out_dir, figures),
         incremental_section(out_dir, figures),
+        linear_cost_section(out_dir, figures),
     ):
         lines += section_lines
         pictures.update(section_pictures)
