@@ -63,7 +63,11 @@ QUICK = {"sizes": "32,64,128", "first_steps": 60, "steps": 10}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n")[-1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add = parser.add_argument
     add("--quick", action="store_true", help=f"sizes {QUICK['sizes']}, {QUICK['first_steps']} then "
         f"{QUICK['steps']} steps a size (about 15 min on 2 cores)")  # fmt: skip
@@ -73,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--bits", type=int, default=12, help="bits per location of the VQ models (default 12: 2 x 64 codes)")
     add("--window", type=int, default=4, help="tokens back the position attention reaches (default 4)")
     add("--first-steps", type=int, default=200, help="VMC steps at the first size, from scratch (default 200)")
-    add("--steps", type=int, default=40, help="VMC steps at every larger size, from the one before (default 40)")
+    add("--steps", type=int, default=20, help="VMC steps at every larger size, from the one before (default 20)")
     add("--n-samples", type=int, default=256, help="samples per VMC step (default 256)")
     add("--model-dir", action="append", default=[], metavar="MODEL:N=DIR",
         help="a trained model's out dir instead of training it (repeatable)")  # fmt: skip

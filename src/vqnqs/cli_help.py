@@ -24,7 +24,10 @@ STAGE_TEXTS = {  # sub-command: (one-line help, description, example)
         (
             "Variational Monte Carlo of the autoregressive transformer (SR/minSR or Adam). Resumes from a "
             "checkpoint in --out-dir; writes checkpoint.pt, history.csv, model.pt and metrics.json there, and one "
-            "MLflow run."
+            "MLflow run. Which model: the baseline (default) on any system; for long chains (N >= 64) the position "
+            "family, --set model=vq --set bits=12 --set attention=position --set window=4 --set "
+            "quantize_final=true --set engine=incremental, whose local energy touches only the rows near a flip "
+            "(README, 'Which model')."
         ),
         (
             "vqnqs train --run heisenberg_4x4 --reference data/reference/heisenberg_4x4.json "
@@ -39,7 +42,10 @@ STAGE_TEXTS = {  # sub-command: (one-line help, description, example)
             "own energy (finetune.steps > 0: SR, straight-through codes), then evaluate its energy on its own "
             "samples through the dedup engine (checked against the dense local energy). Resumes from a "
             "checkpoint in --out-dir; writes checkpoint.pt, history.csv, model.pt and metrics.json there, and one "
-            "MLflow run."
+            "MLflow run. Which model: the baseline (default) on any system; for long chains (N >= 64) the position "
+            "family, --set model=vq --set bits=12 --set attention=position --set window=4 --set "
+            "quantize_final=true --set engine=incremental, whose local energy touches only the rows near a flip "
+            "(README, 'Which model')."
         ),
         (
             "vqnqs distill --run heisenberg_4x4 --teacher data/train/heisenberg_4x4 --bits 6 "

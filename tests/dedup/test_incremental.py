@@ -166,12 +166,15 @@ def test_local_energy_through_the_incremental_engine(system: str) -> None:
         )
 
 
-def test_small_steps_and_chunks_change_nothing() -> None:
-    """The memory policy (samples per step, configurations per attention chunk) only reorders the work."""
-    config = TransformerConfig((4, 4), 2, d_model=16, n_heads=2, n_blocks=2, d_ff=32, n_down=8)
+@pytest.mark.parametrize("attention", ["content", "position"])
+def test_small_steps_and_chunks_change_nothing(attention: str) -> None:
+    """The memory policy (samples per step, configurations per attention chunk, rows per chunk of rival
+    scoring) only reorders the work."""
+    window = {"content": {}, "position": {"attention": "position", "window": 3}}[attention]
+    config = TransformerConfig((4, 4), 2, d_model=16, n_heads=2, n_blocks=2, d_ff=32, n_down=8, **window)
     model = random_model(config, VQConfig(heads=2, codes=8), seed=11, fit=True)
     s = samples(model, "heisenberg", 6, 3, "model")
-    check_against_dense(model, "heisenberg", s, ExecutionPolicy(config_elements=64))
+    check_against_dense(model, "heisenberg", s, ExecutionPolicy(config_elements=64, row_chunk=3))
 
 
 def test_float32_codes_and_local_energies() -> None:

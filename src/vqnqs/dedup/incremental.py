@@ -297,6 +297,16 @@ def configs_log_prob(
     return per_position.sum(dim=-1), codes_per_block, stats
 
 
+def config_width(model: AutoregressiveTransformer) -> int:
+    """Elements per token of a configuration's widest tensor in one step: the content path's updated attention
+    outputs (``d``); where every block has position attention, the codes (int64: 2 per quantiser head)."""
+    blocks = [*model.blocks, model.final_block]
+    if any(not block.attn.values_only for block in blocks):
+        return model.config.d_model
+    quantizers = [q for q in map(quantizer_of, blocks) if q is not None]
+    return 2 * max((q.heads for q in quantizers), default=1)
+
+
 class IncrementalEngine:
     """``IncrementalEngine(model)(s, configs) -> IncrementalResult``: ``log P`` of the configurations
     ``configs (B, M, N)`` connected to the samples ``s (B, N)`` (entries where ``valid`` is False are taken to be
@@ -317,8 +327,10 @@ class IncrementalEngine:
         config_tokens = config_tokens.view(n_batch, n_conn, -1)  # (B, M, T)
         if valid is not None:
             config_tokens = torch.where(valid.to(model.device)[..., None], config_tokens, tokens[:, None])
-        # Samples per step: their configurations' (K, T, d) tensors stay within a few times config_elements.
-        per_step = max(1, self.policy.config_elements // max(n_conn * tokens.shape[1] * model.config.d_model, 1))
+        # Samples per step: their configurations' (K, T, width) tensors stay within a few times config_elements.
+        # More samples a step also deduplicate more rows across samples (the new states are keyed batch-wide).
+        width = config_width(model)
+        per_step = max(1, self.policy.config_elements // max(n_conn * tokens.shape[1] * width, 1))
         log_probs, codes, stats = [], [], Counter()
         with self.policy.applied() as run:
             for start in range(0, n_batch, per_step):

@@ -85,11 +85,13 @@ def position_block(
     v_max = float(rearrange(values, "u (h e) -> u h e", h=n_heads).norm(dim=-1).amax())
     allowance = ROUNDING_ALLOWANCE * torch.finfo(mixed.dtype).eps * (mixing.window + e) * v_max
     moved = rearrange(change, "p (h e) -> p h e", h=quantizer.heads).norm(dim=-1) + allowance  # (P, Hq)
-    row_faces = face[sample, pos]  # (P, Hq, Q)
-    encoded = ~(moved < row_faces.amin(dim=-1)).all(dim=-1)  # (P,) not certified
+    encoded = ~(moved < face.amin(dim=-1)[sample, pos]).all(dim=-1)  # (P,) not certified
     kept = sample_codes[sample, pos]  # (P, Hq)
     codes = kept.clone()
-    codes[encoded] = quantizer(updated[encoded], rivals=(kept[encoded], row_faces[encoded], moved[encoded]))
+    # The rivals of row_chunk rows at a time: their (rows, Hq, Q) temporaries stay a few MB.
+    for rows in encoded.nonzero().squeeze(-1).split(run.row_chunk):
+        rivals = (kept[rows], face[sample[rows], pos[rows]], moved[rows])
+        codes[rows] = quantizer(updated[rows], rivals=rivals)
     stats["rows_encoded"] += int(encoded.sum())
     stats["rows_certified"] += pos.numel() - int(encoded.sum())
     differs = changed | (codes != kept).any(dim=-1)  # (P,)

@@ -31,8 +31,9 @@ class ExecutionPolicy:
     # Key rows (sequences x T) gathered per attention step: the step's temporaries stay a few MB,
     # cache-resident and recycled by the allocator (large allocations are fresh, page-faulting memory).
     attention_chunk_rows: int = 8192
-    # Elements (samples x connections x T x d) of one step of the incremental engine: it holds a few tensors
-    # of that size (every row's updated attention output), so this bounds its memory.
+    # Elements (samples x connections x T x width) of one step of the incremental engine: it holds a few
+    # tensors of that size (width d: every row's updated attention output; with position attention only, the
+    # rows' codes), so this bounds its memory.
     config_elements: int = 2**23
     # Intra-op threads of everything but the large per-location matmul stages; None: the caller's setting.
     small_op_threads: int | None = 1
