@@ -198,6 +198,8 @@ STAGES = (
                 f"incremental_{bits}bits": f"benchmarks/results/incremental_tfim_untrained_d256_{bits}bits.json"
                 for bits in (6, 24)
             },
+            # The local-energy cost of trained models (benchmarks/linear_cost.py), measured offline and committed.
+            "linear_cost_d32": "benchmarks/results/linear_cost_d32/linear_cost.json",
         },
         gathers={
             "reference": ("reference",),
