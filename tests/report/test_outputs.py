@@ -54,8 +54,8 @@ def test_a_report_replaces_its_outputs_whole_and_keeps_the_rest(world, capsys):
     assert "report.html" in entries and (results / "report.html").read_text().startswith("Snakemake's")
     assert entries - {"report.html"} <= set(OUTPUTS) and "vq_training.csv" not in entries
     figures = {path.name for path in (results / "figures").iterdir()}
-    assert figures == {f"{name}.{ext}" for name in ("vmc_convergence", "distillation_error", "savings_vs_bits")
-                       for ext in ("png", "csv")} | {"incremental_scaling.png", "incremental_scaling.csv"}  # fmt: skip
+    names = ("vmc_convergence", "distillation_error", "savings_vs_bits", "incremental_scaling", "linear_cost")
+    assert figures == {f"{name}.{ext}" for name in names for ext in ("png", "csv")}
     table1 = pd.read_csv(results / "table1.csv")
     assert list(zip(table1["model"], table1["bits"], strict=True)) == [("baseline", 0), ("vq-nqs", 6)]
 
