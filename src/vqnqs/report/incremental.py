@@ -14,17 +14,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from vqnqs.io import atomic_open, read_json
+from vqnqs.io import atomic_open
 from vqnqs.profiling.table import bits_value
-from vqnqs.report.render import log_ticks, markdown_table, save_figure
+from vqnqs.report.render import benchmark_results, log_ticks, markdown_table, save_figure
 
 BENCHMARK_RESULTS = Path("benchmarks/results")
 PATTERN = "incremental_tfim_untrained_d256_*bits.json"  # untagged runs only: one per bandwidth
 PATHS = ("dense", "dedup", "incremental")
-
-
-def load(results_dir: Path = BENCHMARK_RESULTS, pattern: str = PATTERN) -> list[dict]:
-    return [read_json(path) for path in sorted(results_dir.glob(pattern))]
 
 
 def per_size(results: list[dict]) -> pd.DataFrame:
@@ -110,7 +106,7 @@ def incremental_section(
     out_dir: Path, figures: Path, results_dir: Path = BENCHMARK_RESULTS, pattern: str = PATTERN
 ) -> tuple[list[str], dict[str, str]]:
     """The section's markdown lines and its figure ``{title: path}``; writes ``incremental_scaling.csv``."""
-    results = load(results_dir, pattern)
+    results = benchmark_results(results_dir, pattern)
     if not results:
         return [], {}
     table = per_size(results)

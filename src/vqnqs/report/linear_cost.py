@@ -15,16 +15,12 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from vqnqs.io import atomic_open, read_json
-from vqnqs.report.render import log_ticks, markdown_table, save_figure
+from vqnqs.io import atomic_open
+from vqnqs.report.render import benchmark_results, log_ticks, markdown_table, save_figure
 
 BENCHMARK_RESULTS = Path("benchmarks/results")
 PATTERN = "linear_cost_d*[0-9]/linear_cost.json"  # full runs only (quick runs end in _quick)
 COLUMNS = ("forwards_per_sample", "seconds_per_sample", "rows_per_config", "rel_error", "seconds_per_step")
-
-
-def load(results_dir: Path = BENCHMARK_RESULTS, pattern: str = PATTERN) -> list[dict]:
-    return [read_json(path) for path in sorted(results_dir.glob(pattern))]
 
 
 def per_size(results: list[dict]) -> pd.DataFrame:
@@ -84,7 +80,7 @@ def linear_cost_section(
     out_dir: Path, figures: Path, results_dir: Path = BENCHMARK_RESULTS, pattern: str = PATTERN
 ) -> tuple[list[str], dict[str, str]]:
     """The section's markdown lines and its figure ``{title: path}``; writes ``linear_cost.csv``."""
-    results = load(results_dir, pattern)
+    results = benchmark_results(results_dir, pattern)
     if not results:
         return [], {}
     table = per_size(results)

@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # headless: the report is rendered on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from vqnqs.io import atomic_open  # noqa: E402
+from vqnqs.io import atomic_open, read_json  # noqa: E402
 
 
 def log_ticks(ax: plt.Axes, ticks, axis: str = "x") -> None:
@@ -67,3 +67,8 @@ def write_html_table(path: Path, title: str, intro: str, frame: pd.DataFrame, me
     )
     with atomic_open(path) as handle:
         handle.write(page)
+
+
+def benchmark_results(results_dir: Path, pattern: str) -> list[dict]:
+    """The committed benchmark JSON files under ``results_dir`` matching ``pattern``, in name order."""
+    return [read_json(path) for path in sorted(results_dir.glob(pattern))]
